@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+	"github.com/switchyard-proxy/switchyard/pkg/proxier"
+	"github.com/switchyard-proxy/switchyard/pkg/watch"
+)
+
+type daemonOptions struct {
+	ruleOptions
+	kubeconfig    string
+	master        string
+	syncPeriod    time.Duration
+	minSyncPeriod time.Duration
+	backend       string
+	dryRun        bool
+}
+
+func newDaemonOptions() *daemonOptions {
+	return &daemonOptions{syncPeriod: 30 * time.Second, minSyncPeriod: 100 * time.Millisecond, backend: "auto"}
+}
+
+func (o *daemonOptions) AddFlags(fs *pflag.FlagSet) {
+	o.ruleOptions.AddFlags(fs)
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Path to a kubeconfig file (default: in-cluster configuration)")
+	fs.StringVar(&o.master, "master", "", "The address of the Kubernetes API server (overrides the kubeconfig)")
+	fs.DurationVar(&o.syncPeriod, "iptables-sync-period", o.syncPeriod, "The longest time between checks that the rules are intact and retries of a failed sync")
+	fs.DurationVar(&o.minSyncPeriod, "iptables-min-sync-period", o.minSyncPeriod, "The least time between two syncs; changes inside it are applied together")
+	fs.StringVar(&o.backend, "iptables-backend", o.backend, "iptables backend: auto (whichever the host uses), legacy or nft")
+	fs.BoolVar(&o.dryRun, "dry-run", false, "Log each iptables-restore batch instead of applying it (needs no root)")
+}
+
+func (o *daemonOptions) Validate() error {
+	if err := o.ruleOptions.Validate(); err != nil {
+		return err
+	}
+	if o.syncPeriod <= 0 {
+		return usagef("--iptables-sync-period must be positive")
+	}
+	if o.minSyncPeriod < 0 || o.minSyncPeriod > o.syncPeriod {
+		return usagef("--iptables-min-sync-period must be between 0 and --iptables-sync-period")
+	}
+	switch iptables.Backend(o.backend) {
+	case iptables.BackendAuto, iptables.BackendLegacy, iptables.BackendNFT:
+	default:
+		return usagef("--iptables-backend: %q is not auto, legacy or nft", o.backend)
+	}
+	return nil
+}
+
+func (o *daemonOptions) restConfig() (*rest.Config, error) {
+	if o.kubeconfig == "" && o.master == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, usagef("no --kubeconfig or --master given and not running in a cluster: %v", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags(o.master, o.kubeconfig)
+	if err != nil {
+		return nil, usagef("--kubeconfig %s: %v", o.kubeconfig, err)
+	}
+	return cfg, nil
+}
+
+func (o *daemonOptions) Run(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logger := klog.Background().WithName("switchyard")
+	ctx = klog.NewContext(ctx, logger)
+
+	cfg, err := o.restConfig()
+	if err != nil {
+		return err
+	}
+	cfg.UserAgent = "switchyard/" + version
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("creating API client: %w", err)
+	}
+
+	var host iptables.Interface
+	if o.dryRun {
+		host = &iptables.DryRun{Logger: logger, Family: iptables.IPv4}
+	} else {
+		runner, err := iptables.NewRunner(ctx, iptables.IPv4, iptables.Backend(o.backend))
+		if err != nil {
+			return fmt.Errorf("setting up iptables: %w", err)
+		}
+		logger.Info("Using iptables", "backend", runner.Backend(), "family", runner.Family())
+		host = runner
+	}
+
+	reporter := watch.NewEventReporter(ctx, client, o.hostname)
+	tracker := watch.NewTracker(logger, o.filter(), o.hostname, nil, reporter)
+	syncer := proxier.NewSyncer(o.renderConfig(v1.IPv4Protocol), host)
+	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, FullSyncPeriod: time.Hour}, tracker, syncer)
+	tracker.SetNotify(p.RequestSync)
+
+	w := watch.NewWatcher(client, tracker, 0)
+	logger.Info("Starting switchyard", "version", version, "node", o.hostname, "clusterCIDR", o.clusterCIDR,
+		"masqueradeAll", o.masqueradeAll, "serviceProxyName", o.proxyName, "dryRun", o.dryRun)
+	if err := w.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	logger.Info("Informer caches synced; starting the sync loop")
+	p.Run(ctx)
+	logger.Info("Shutting down; rules stay in place")
+	return nil
+}

@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/spf13/cobra"
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+	"github.com/switchyard-proxy/switchyard/pkg/manifest"
+	"github.com/switchyard-proxy/switchyard/pkg/proxier"
+)
+
+// fileOptions is how render and explain get their input.
+type fileOptions struct {
+	ruleOptions
+	files    []string
+	ipFamily string
+	family   v1.IPFamily
+}
+
+func (o *fileOptions) addFlags(cmd *cobra.Command) {
+	o.ruleOptions.AddFlags(cmd.Flags())
+	cmd.Flags().StringArrayVarP(&o.files, "filename", "f", nil, "YAML or JSON file of Services, EndpointSlices and Nodes (repeatable; - reads stdin)")
+	cmd.Flags().StringVar(&o.ipFamily, "ip-family", "ipv4", "The IP family to render: ipv4 or ipv6")
+}
+
+func (o *fileOptions) complete() error {
+	if err := o.ruleOptions.Complete(); err != nil {
+		return err
+	}
+	if err := o.ruleOptions.Validate(); err != nil {
+		return err
+	}
+	fam, err := parseFamily(o.ipFamily)
+	o.family = fam
+	return err
+}
+
+// load reads the files and builds the snapshot. Any problem with an object
+// is an error naming the file, object and field.
+func (o *fileOptions) load(cmd *cobra.Command) (*proxier.Snapshot, error) {
+	objs, err := manifest.Load(o.files, cmd.InOrStdin())
+	if err != nil {
+		return nil, usageError{err}
+	}
+	snap, warnings := proxier.SnapshotFromObjects(o.filter(), o.hostname, objs.Services, objs.Slices, objs.Nodes)
+	if len(warnings) > 0 {
+		return nil, usageError{fmt.Errorf("%s: %w", strings.Join(o.files, ","), errors.Join(warnings...))}
+	}
+	return snap, nil
+}
+
+func newRenderCommand() *cobra.Command {
+	o := &fileOptions{}
+	cmd := &cobra.Command{
+		Use:   "render -f FILE [-f FILE...]",
+		Short: "Print the iptables-restore text switchyard would apply for the given objects",
+		Long: `render reads Services, EndpointSlices and Nodes from files and prints, on stdout,
+the iptables-restore text that makes a fresh network namespace proxy those
+Services, including the jumps from the built-in chains. Apply it with
+"iptables-restore --noflush". It needs no root and no cluster.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if len(o.files) == 0 {
+				return usagef("render needs at least one -f FILE")
+			}
+			if err := o.complete(); err != nil {
+				return err
+			}
+			snap, err := o.load(cmd)
+			if err != nil {
+				return err
+			}
+			_, err = fmt.Fprint(cmd.OutOrStdout(), proxier.RestoreText(proxier.Render(snap, o.renderConfig(o.family))))
+			return err
+		},
+	}
+	o.addFlags(cmd)
+	return cmd
+}
+
+type explainOptions struct {
+	fileOptions
+	from    string
+	to      string
+	proto   string
+	output  string
+	backend string
+}
+
+func newExplainCommand() *cobra.Command {
+	o := &explainOptions{}
+	cmd := &cobra.Command{
+		Use:   "explain --from IP --to IP:PORT [--proto tcp|udp|sctp] [-f FILE...]",
+		Short: "Trace a packet through the rules and say where it ends up",
+		Long: `explain traces the first packet of a new connection through the nat and filter
+tables. With -f it explains the rules those files would produce; without -f it
+reads the node's live rules with iptables-save (needs root). A source address
+local to the node enters through OUTPUT, any other through PREROUTING.`,
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd) },
+	}
+	o.addFlags(cmd)
+	cmd.Flags().StringVar(&o.from, "from", "", "Source address of the packet")
+	cmd.Flags().StringVar(&o.to, "to", "", "Destination IP:PORT of the packet")
+	cmd.Flags().StringVar(&o.proto, "proto", "tcp", "Protocol: tcp, udp or sctp")
+	cmd.Flags().StringVarP(&o.output, "output", "o", "text", "Output format: text or json")
+	cmd.Flags().StringVar(&o.backend, "iptables-backend", "auto", "For live rules: auto, legacy or nft")
+	return cmd
+}
+
+func (o *explainOptions) run(cmd *cobra.Command) error {
+	if err := o.complete(); err != nil {
+		return err
+	}
+	src, err := netip.ParseAddr(o.from)
+	if err != nil {
+		return usagef("--from: %q is not an IP address", o.from)
+	}
+	dst, err := netip.ParseAddrPort(o.to)
+	if err != nil {
+		return usagef("--to: %q is not IP:PORT", o.to)
+	}
+	proto := strings.ToLower(o.proto)
+	if proto != "tcp" && proto != "udp" && proto != "sctp" {
+		return usagef("--proto: %q is not tcp, udp or sctp", o.proto)
+	}
+	if o.output != "text" && o.output != "json" {
+		return usagef("-o: %q is not text or json", o.output)
+	}
+
+	var rs *iptables.Ruleset
+	var local []netip.Addr
+	if len(o.files) > 0 {
+		snap, err := o.load(cmd)
+		if err != nil {
+			return err
+		}
+		rs, err = iptables.ParseSave(proxier.RestoreText(proxier.Render(snap, o.renderConfig(o.family))))
+		if err != nil {
+			return fmt.Errorf("internal error: rendered rules do not parse: %w", err)
+		}
+		local = snap.Node.Addresses
+	} else {
+		rs, local, err = liveRules(cmd.Context(), o.family, iptables.Backend(o.backend))
+		if err != nil {
+			return err
+		}
+	}
+	tr := iptables.TracePacket(rs, iptables.TraceInput{
+		Packet:     iptables.Packet{Src: src, Dst: dst.Addr(), DstPort: int(dst.Port()), SrcPort: 40000, Protocol: proto},
+		LocalAddrs: local,
+	})
+	out := cmd.OutOrStdout()
+	if o.output == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Summary   string   `json:"summary"`
+			Endpoints []string `json:"endpoints"`
+			Verdicts  []string `json:"verdicts"`
+			*iptables.Trace
+		}{tr.Summary(), tr.Endpoints(), tr.Verdicts(), tr})
+	}
+	entry := "PREROUTING (the source is not local to the node)"
+	if tr.Local {
+		entry = "OUTPUT (the source is local to the node)"
+	}
+	fmt.Fprintf(out, "%s %s -> %s enters through %s\n", proto, src, dst, entry)
+	_, err = fmt.Fprint(out, tr.Text())
+	return err
+}
+
+// liveRules reads the node's nat and filter tables and its addresses.
+func liveRules(ctx context.Context, family v1.IPFamily, backend iptables.Backend) (*iptables.Ruleset, []netip.Addr, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	fam := iptables.IPv4
+	if family == v1.IPv6Protocol {
+		fam = iptables.IPv6
+	}
+	r, err := iptables.NewRunner(ctx, fam, backend)
+	if err != nil {
+		return nil, nil, err
+	}
+	var text strings.Builder
+	for _, t := range []string{"nat", "filter"} {
+		out, err := r.Save(ctx, t)
+		if err != nil {
+			return nil, nil, err
+		}
+		text.Write(out)
+	}
+	rs, err := iptables.ParseSave(text.String())
+	if err != nil {
+		return nil, nil, fmt.Errorf("parsing live rules: %w", err)
+	}
+	var local []netip.Addr
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, nil, fmt.Errorf("listing local addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			local = append(local, p.Addr())
+		}
+	}
+	return rs, local, nil
+}
+
+func newCleanupCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "cleanup",
+		Short: "Remove every chain and jump rule switchyard owns, and nothing else",
+		Long: `cleanup removes every SWY- chain (also ones an older version left) and every
+rule that jumps to one, from every table of every installed iptables backend
+and IP family. Other rules, kube-proxy's included, are left alone.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			runners := iptables.AvailableRunners(ctx)
+			if len(runners) == 0 {
+				return fmt.Errorf("no iptables binaries found")
+			}
+			var errs []error
+			for _, r := range runners {
+				n, err := r.Cleanup(ctx, proxier.ChainPrefix)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s %s: %w", r.Backend(), r.Family(), err))
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s: removed %d chains\n", r.Backend(), r.Family(), n)
+			}
+			return errors.Join(errs...)
+		},
+	}
+}

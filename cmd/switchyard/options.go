@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard-proxy/switchyard/pkg/proxier"
+)
+
+// ruleOptions are the flags that shape rules, shared by the daemon, render
+// and explain.
+type ruleOptions struct {
+	hostname      string
+	clusterCIDR   string
+	masqueradeAll bool
+	masqBit       int
+	proxyName     string
+
+	// completed
+	cidrs map[v1.IPFamily]netip.Prefix
+}
+
+func (o *ruleOptions) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&o.hostname, "hostname-override", "", "The name of this node, as in its Node object (default: the host name)")
+	fs.StringVar(&o.clusterCIDR, "cluster-cidr", "", "The pod network: one CIDR, or one per IP family separated by a comma. Traffic to a ClusterIP from outside it is masqueraded")
+	fs.BoolVar(&o.masqueradeAll, "masquerade-all", false, "Masquerade all traffic sent to Service cluster IPs")
+	fs.IntVar(&o.masqBit, "iptables-masquerade-bit", 14, "The bit of the packet mark that flags traffic for SNAT (0-31)")
+	fs.StringVar(&o.proxyName, "service-proxy-name", "", "Handle only Services labelled service.kubernetes.io/service-proxy-name=NAME (default: only Services without that label)")
+}
+
+func (o *ruleOptions) Complete() error {
+	if o.hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("finding the host name (set --hostname-override): %w", err)
+		}
+		o.hostname = h
+	}
+	o.hostname = strings.ToLower(strings.TrimSpace(o.hostname))
+	o.cidrs = map[v1.IPFamily]netip.Prefix{}
+	if strings.TrimSpace(o.clusterCIDR) == "" {
+		return nil
+	}
+	for _, s := range strings.Split(o.clusterCIDR, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			return usagef("--cluster-cidr: %q is not a CIDR", s)
+		}
+		fam := v1.IPv4Protocol
+		if p.Addr().Is6() {
+			fam = v1.IPv6Protocol
+		}
+		if _, dup := o.cidrs[fam]; dup {
+			return usagef("--cluster-cidr: more than one %s CIDR", fam)
+		}
+		o.cidrs[fam] = p.Masked()
+	}
+	return nil
+}
+
+func (o *ruleOptions) Validate() error {
+	if o.masqBit < 0 || o.masqBit > 31 {
+		return usagef("--iptables-masquerade-bit: %d is not between 0 and 31", o.masqBit)
+	}
+	return nil
+}
+
+func (o *ruleOptions) filter() proxier.Filter { return proxier.Filter{ProxyName: o.proxyName} }
+
+func (o *ruleOptions) renderConfig(family v1.IPFamily) proxier.RenderConfig {
+	return proxier.RenderConfig{
+		Family:        family,
+		ClusterCIDR:   o.cidrs[family],
+		MasqueradeAll: o.masqueradeAll,
+		MasqueradeBit: o.masqBit,
+	}
+}
+
+// parseFamily reads --ip-family.
+func parseFamily(s string) (v1.IPFamily, error) {
+	switch strings.ToLower(s) {
+	case "ipv4", "4", "":
+		return v1.IPv4Protocol, nil
+	case "ipv6", "6":
+		return v1.IPv6Protocol, nil
+	}
+	return "", usagef("--ip-family: %q is not ipv4 or ipv6", s)
+}

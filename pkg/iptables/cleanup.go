@@ -1,0 +1,129 @@
+package iptables
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+)
+
+// CleanupText returns restore input that removes, from one table's save
+// output, every chain whose name starts with prefix and every rule elsewhere
+// that jumps to such a chain, and nothing else. It is empty when there is
+// nothing to remove.
+func CleanupText(table string, save []byte, prefix string) string {
+	chains, jumps := ScanSave(save)
+	var ours []string
+	for _, c := range chains {
+		if strings.HasPrefix(c, prefix) {
+			ours = append(ours, c)
+		}
+	}
+	var b strings.Builder
+	for _, j := range jumps {
+		if !strings.HasPrefix(j.Chain, prefix) && strings.HasPrefix(j.Target, prefix) {
+			fmt.Fprintf(&b, "-D %s %s\n", j.Chain, j.Rule)
+		}
+	}
+	if len(ours) == 0 && b.Len() == 0 {
+		return ""
+	}
+	var out strings.Builder
+	fmt.Fprintf(&out, "*%s\n", table)
+	for _, c := range ours {
+		fmt.Fprintf(&out, ":%s - [0:0]\n", c)
+	}
+	out.WriteString(b.String())
+	for _, c := range ours {
+		fmt.Fprintf(&out, "-X %s\n", c)
+	}
+	out.WriteString("COMMIT\n")
+	return out.String()
+}
+
+// SavedJump is a rule in save output with a -j or -g target.
+type SavedJump struct {
+	Chain  string
+	Target string
+	// Rule is the rule's arguments as saved, usable with -D.
+	Rule string
+}
+
+// ScanSave lists the chains in save output and every rule with a target,
+// without parsing matches: foreign rules may use any extension.
+func ScanSave(save []byte) ([]string, []SavedJump) {
+	var chains []string
+	var jumps []SavedJump
+	for _, line := range strings.Split(string(save), "\n") {
+		switch {
+		case strings.HasPrefix(line, ":"):
+			if f := strings.Fields(line[1:]); len(f) > 0 {
+				chains = append(chains, f[0])
+			}
+		case strings.HasPrefix(line, "-A "):
+			chain, rule, _ := strings.Cut(line[3:], " ")
+			toks, err := tokenize(rule)
+			if err != nil {
+				continue
+			}
+			for i := 0; i+1 < len(toks); i++ {
+				if !toks[i].quoted && (toks[i].text == "-j" || toks[i].text == "-g" || toks[i].text == "--jump" || toks[i].text == "--goto") {
+					jumps = append(jumps, SavedJump{Chain: chain, Target: toks[i+1].text, Rule: rule})
+				}
+			}
+		}
+	}
+	return chains, jumps
+}
+
+// CleanupTables are the tables cleanup looks in.
+var CleanupTables = []string{"nat", "filter", "mangle", "raw"}
+
+// Cleanup removes everything with the prefix from every table of this
+// runner's backend and family.
+func (r *Runner) Cleanup(ctx context.Context, prefix string) (int, error) {
+	removed := 0
+	var errs []error
+	for _, t := range CleanupTables {
+		save, err := r.Save(ctx, t)
+		if err != nil {
+			// A table the kernel does not have is fine.
+			continue
+		}
+		text := CleanupText(t, save, prefix)
+		if text == "" {
+			continue
+		}
+		if err := r.Restore(ctx, []byte(text)); err != nil {
+			errs = append(errs, fmt.Errorf("table %s: %w", t, err))
+			continue
+		}
+		removed += bytes.Count([]byte(text), []byte("\n-X "))
+	}
+	return removed, errors.Join(errs...)
+}
+
+// AvailableRunners returns a runner for every backend and family installed
+// on this host, for cleanup, which must find rules wherever they are.
+func AvailableRunners(ctx context.Context) []*Runner {
+	var out []*Runner
+	for _, fam := range []Family{IPv4, IPv6} {
+		for _, be := range []Backend{BackendLegacy, BackendNFT} {
+			cmd, _, _ := binaries(fam, be)
+			if _, err := exec.LookPath(cmd); err != nil {
+				continue
+			}
+			if r, err := NewRunner(ctx, fam, be); err == nil && r.backend == be {
+				out = append(out, r)
+			}
+		}
+	}
+	if len(out) == 0 {
+		if r, err := NewRunner(ctx, IPv4, BackendAuto); err == nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}

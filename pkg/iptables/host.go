@@ -1,0 +1,287 @@
+// Package iptables owns everything that executes iptables on the host
+// (iptables-restore and iptables-save for both backends and both IP
+// families, idempotent jump rules through github.com/coreos/go-iptables,
+// backend detection), plus the pure parts built around its text format: the
+// ruleset parser, an in-memory ruleset with iptables-restore semantics, and
+// the packet tracer used by tests and by `switchyard explain`.
+//
+// It knows nothing about Services: callers hand it restore text and jump
+// rules. It must not import the proxier or watch packages.
+package iptables
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	goipt "github.com/coreos/go-iptables/iptables"
+	"k8s.io/klog/v2"
+)
+
+// Family is an IP family.
+type Family string
+
+const (
+	IPv4 Family = "IPv4"
+	IPv6 Family = "IPv6"
+)
+
+// Backend is the iptables backend: the legacy xtables kernel API or
+// nf_tables (iptables-nft).
+type Backend string
+
+const (
+	BackendAuto   Backend = "auto"
+	BackendLegacy Backend = "legacy"
+	BackendNFT    Backend = "nft"
+)
+
+// Jump is a rule in a built-in chain that sends traffic into one of ours.
+type Jump struct {
+	Table   string
+	Chain   string // built-in chain, e.g. PREROUTING
+	Target  string // our chain
+	Comment string
+	// Extra match arguments placed before the comment, e.g. conntrack state.
+	Extra []string
+}
+
+// Args returns the rule arguments of the jump, as for iptables -I.
+func (j Jump) Args() []string {
+	args := append([]string{}, j.Extra...)
+	return append(args, "-m", "comment", "--comment", j.Comment, "-j", j.Target)
+}
+
+// Interface is what the sync loop needs from the host, for one IP family.
+type Interface interface {
+	// Restore applies restore text with --noflush.
+	Restore(ctx context.Context, text []byte) error
+	// Save returns iptables-save output of one table.
+	Save(ctx context.Context, table string) ([]byte, error)
+	// EnsureJumps makes each jump present in its built-in chain; jumps are
+	// kept first in their chain, in the order given.
+	EnsureJumps(ctx context.Context, jumps []Jump) error
+	// Present reports whether the chains exist and the jumps are in place.
+	Present(ctx context.Context, chains map[string][]string, jumps []Jump) (bool, error)
+}
+
+// Runner executes the real iptables binaries of one backend and family.
+type Runner struct {
+	family  Family
+	backend Backend
+	restore string
+	save    string
+	ipt     *goipt.IPTables
+	// mu serialises our own invocations; the xtables lock (-w) guards
+	// against other programs.
+	mu sync.Mutex
+}
+
+// binaries returns the iptables, -save and -restore names of a backend.
+func binaries(family Family, backend Backend) (string, string, string) {
+	base := "iptables"
+	if family == IPv6 {
+		base = "ip6tables"
+	}
+	if backend == BackendLegacy || backend == BackendNFT {
+		base += "-" + string(backend)
+	}
+	return base, base + "-save", base + "-restore"
+}
+
+// NewRunner returns a runner for the given family, detecting the backend
+// when asked for auto.
+func NewRunner(ctx context.Context, family Family, backend Backend) (*Runner, error) {
+	if backend == "" || backend == BackendAuto {
+		backend = DetectBackend(ctx, family)
+	}
+	cmd, save, restore := binaries(family, backend)
+	path, err := exec.LookPath(cmd)
+	if err != nil {
+		// Hosts with only the plain names (no -legacy/-nft variants).
+		plain, psave, prestore := binaries(family, "")
+		if p, err2 := exec.LookPath(plain); err2 == nil {
+			path, save, restore = p, psave, prestore
+		} else {
+			return nil, fmt.Errorf("%s not found: %w", cmd, err)
+		}
+	}
+	proto := goipt.ProtocolIPv4
+	if family == IPv6 {
+		proto = goipt.ProtocolIPv6
+	}
+	ipt, err := goipt.New(goipt.IPFamily(proto), goipt.Path(path), goipt.Timeout(10))
+	if err != nil {
+		return nil, fmt.Errorf("using %s: %w", path, err)
+	}
+	return &Runner{family: family, backend: backend, restore: restore, save: save, ipt: ipt}, nil
+}
+
+// Backend returns the backend in use.
+func (r *Runner) Backend() Backend { return r.backend }
+
+// Family returns the IP family.
+func (r *Runner) Family() Family { return r.family }
+
+// DetectBackend picks the backend the host already uses: the one holding
+// more rules (kube-proxy's and ours count most), nft when both are empty or
+// only one is installed.
+func DetectBackend(ctx context.Context, family Family) Backend {
+	_, legacySave, _ := binaries(family, BackendLegacy)
+	_, nftSave, _ := binaries(family, BackendNFT)
+	count := func(bin string) int {
+		if _, err := exec.LookPath(bin); err != nil {
+			return -1
+		}
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, bin).Output()
+		if err != nil {
+			return -1
+		}
+		return scoreSave(out)
+	}
+	legacy := count(legacySave)
+	nft := count(nftSave)
+	if legacy < 0 && nft < 0 {
+		// Only plain iptables: ask it which it is.
+		plain, _, _ := binaries(family, "")
+		out, _ := exec.CommandContext(ctx, plain, "--version").Output()
+		if strings.Contains(string(out), "legacy") {
+			return BackendLegacy
+		}
+		return BackendNFT
+	}
+	if legacy > nft {
+		return BackendLegacy
+	}
+	return BackendNFT
+}
+
+// scoreSave counts the rules in save output, weighting the chains of a
+// service proxy heavily: they tell which backend the node's proxy uses.
+func scoreSave(out []byte) int {
+	n := 0
+	for _, line := range bytes.Split(out, []byte("\n")) {
+		switch {
+		case bytes.HasPrefix(line, []byte(":KUBE-")), bytes.HasPrefix(line, []byte(":SWY-")):
+			n += 1000
+		case bytes.HasPrefix(line, []byte("-A ")):
+			n++
+		}
+	}
+	return n
+}
+
+// Restore runs iptables-restore --noflush with the xtables lock.
+func (r *Runner) Restore(ctx context.Context, text []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cmd := exec.CommandContext(ctx, r.restore, "-w", "5", "--noflush")
+	cmd.Stdin = bytes.NewReader(text)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w: %s", r.restore, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// Save runs iptables-save for one table.
+func (r *Runner) Save(ctx context.Context, table string) ([]byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cmd := exec.CommandContext(ctx, r.save, "-t", table)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("%s -t %s: %w: %s", r.save, table, err, strings.TrimSpace(stderr.String()))
+	}
+	return out, nil
+}
+
+// EnsureJumps inserts missing jumps at the top of their chains. Jumps are
+// visited last-first, so that inserting each at position 1 leaves them in
+// the given order.
+func (r *Runner) EnsureJumps(ctx context.Context, jumps []Jump) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var errs []error
+	for i := len(jumps) - 1; i >= 0; i-- {
+		j := jumps[i]
+		if ok, err := r.ipt.ChainExists(j.Table, j.Target); err != nil {
+			errs = append(errs, err)
+			continue
+		} else if !ok {
+			if err := r.ipt.NewChain(j.Table, j.Target); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		exists, err := r.ipt.Exists(j.Table, j.Chain, j.Args()...)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("checking jump %s/%s -> %s: %w", j.Table, j.Chain, j.Target, err))
+			continue
+		}
+		if !exists {
+			if err := r.ipt.Insert(j.Table, j.Chain, 1, j.Args()...); err != nil {
+				errs = append(errs, fmt.Errorf("inserting jump %s/%s -> %s: %w", j.Table, j.Chain, j.Target, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Present checks that the given chains exist and the jumps are in place.
+func (r *Runner) Present(ctx context.Context, chains map[string][]string, jumps []Jump) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for table, names := range chains {
+		for _, c := range names {
+			ok, err := r.ipt.ChainExists(table, c)
+			if err != nil || !ok {
+				return false, err
+			}
+		}
+	}
+	for _, j := range jumps {
+		ok, err := r.ipt.Exists(j.Table, j.Chain, j.Args()...)
+		if err != nil || !ok {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// DryRun logs what it would apply and applies nothing. Save returns empty
+// tables, as on a fresh node.
+type DryRun struct {
+	Logger klog.Logger
+	Family Family
+}
+
+func (d *DryRun) Restore(_ context.Context, text []byte) error {
+	d.Logger.Info("Dry run: would apply iptables-restore batch", "family", d.Family, "bytes", len(text), "batch", string(text))
+	return nil
+}
+
+func (d *DryRun) Save(_ context.Context, table string) ([]byte, error) {
+	return []byte("*" + table + "\nCOMMIT\n"), nil
+}
+
+func (d *DryRun) EnsureJumps(_ context.Context, jumps []Jump) error {
+	for _, j := range jumps {
+		d.Logger.V(2).Info("Dry run: would ensure jump", "table", j.Table, "chain", j.Chain, "args", strings.Join(j.Args(), " "))
+	}
+	return nil
+}
+
+func (d *DryRun) Present(context.Context, map[string][]string, []Jump) (bool, error) {
+	return true, nil
+}

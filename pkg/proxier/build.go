@@ -1,0 +1,370 @@
+package proxier
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+)
+
+// Labels and defaults the proxy honours, as kube-proxy does.
+const (
+	LabelServiceProxyName = "service.kubernetes.io/service-proxy-name"
+	LabelHeadless         = "service.kubernetes.io/headless"
+	LabelZone             = "topology.kubernetes.io/zone"
+
+	// DefaultAffinityTimeout is the API's default ClientIP affinity timeout.
+	DefaultAffinityTimeout = 10800
+)
+
+// Filter decides which Services this proxy handles.
+type Filter struct {
+	// ProxyName, when set, selects only Services labelled
+	// service.kubernetes.io/service-proxy-name=ProxyName; when empty, only
+	// Services without that label are handled.
+	ProxyName string
+}
+
+// ServiceLabelSelector is the label selector that lists the Services the
+// filter accepts, for informers.
+func (f Filter) ServiceLabelSelector() string {
+	if f.ProxyName != "" {
+		return LabelServiceProxyName + "=" + f.ProxyName
+	}
+	return "!" + LabelServiceProxyName
+}
+
+// SkipReason says why a Service is not proxied, or "" when it is.
+func (f Filter) SkipReason(svc *v1.Service) string {
+	name, labelled := svc.Labels[LabelServiceProxyName]
+	switch {
+	case f.ProxyName == "" && labelled:
+		return fmt.Sprintf("labelled %s=%s", LabelServiceProxyName, name)
+	case f.ProxyName != "" && name != f.ProxyName:
+		return fmt.Sprintf("not labelled %s=%s", LabelServiceProxyName, f.ProxyName)
+	case svc.Spec.Type == v1.ServiceTypeExternalName:
+		return "type ExternalName"
+	case svc.Spec.ClusterIP == v1.ClusterIPNone || svc.Spec.ClusterIP == "":
+		return "headless"
+	}
+	return ""
+}
+
+// ServicePorts converts a Service into the model's ServicePorts. A skipped
+// Service yields nil and no error. Addresses that do not parse are reported
+// in the error while the rest of the Service is still converted, so one bad
+// externalIP never takes the ClusterIP down with it.
+func (f Filter) ServicePorts(svc *v1.Service) ([]*ServicePort, error) {
+	if f.SkipReason(svc) != "" {
+		return nil, nil
+	}
+	var problems []string
+	bad := func(field, value string) {
+		problems = append(problems, fmt.Sprintf("%s: invalid IP address %q", field, value))
+	}
+
+	var clusterIPs []netip.Addr
+	raw := svc.Spec.ClusterIPs
+	if len(raw) == 0 {
+		raw = []string{svc.Spec.ClusterIP}
+	}
+	seenFamily := map[v1.IPFamily]bool{}
+	for i, s := range raw {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			bad(fmt.Sprintf("spec.clusterIPs[%d]", i), s)
+			continue
+		}
+		a = a.Unmap()
+		if seenFamily[familyOf(a)] {
+			continue
+		}
+		seenFamily[familyOf(a)] = true
+		clusterIPs = append(clusterIPs, a)
+	}
+	if len(clusterIPs) == 0 {
+		return nil, fmt.Errorf("service %s/%s: no usable cluster IP: %s", svc.Namespace, svc.Name, strings.Join(problems, "; "))
+	}
+
+	var externalIPs []netip.Addr
+	for i, s := range svc.Spec.ExternalIPs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			bad(fmt.Sprintf("spec.externalIPs[%d]", i), s)
+			continue
+		}
+		externalIPs = append(externalIPs, a.Unmap())
+	}
+
+	var lbIPs []netip.Addr
+	var ranges []netip.Prefix
+	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+		for i, ing := range svc.Status.LoadBalancer.Ingress {
+			if ing.IP == "" {
+				continue // hostname-only ingress: nothing to program
+			}
+			if ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy {
+				continue
+			}
+			a, err := netip.ParseAddr(ing.IP)
+			if err != nil {
+				bad(fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), ing.IP)
+				continue
+			}
+			lbIPs = append(lbIPs, a.Unmap())
+		}
+		for i, s := range svc.Spec.LoadBalancerSourceRanges {
+			p, err := netip.ParsePrefix(strings.TrimSpace(s))
+			if err != nil {
+				problems = append(problems, fmt.Sprintf("spec.loadBalancerSourceRanges[%d]: invalid CIDR %q", i, s))
+				continue
+			}
+			ranges = append(ranges, p.Masked())
+		}
+	}
+
+	externalLocal := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal &&
+		(svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer || len(externalIPs) > 0)
+	internalLocal := svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == v1.ServiceInternalTrafficPolicyLocal
+
+	var affinity int32
+	if svc.Spec.SessionAffinity == v1.ServiceAffinityClientIP {
+		affinity = DefaultAffinityTimeout
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			affinity = *c.ClientIP.TimeoutSeconds
+		}
+	}
+	var distribution string
+	if svc.Spec.TrafficDistribution != nil {
+		distribution = *svc.Spec.TrafficDistribution
+	}
+
+	ports := make([]*ServicePort, 0, len(svc.Spec.Ports))
+	for _, p := range svc.Spec.Ports {
+		proto := p.Protocol
+		if proto == "" {
+			proto = v1.ProtocolTCP
+		}
+		sp := &ServicePort{
+			Name:                     ServicePortName{Namespace: svc.Namespace, Name: svc.Name, Port: p.Name, Protocol: proto},
+			ClusterIPs:               clusterIPs,
+			Port:                     p.Port,
+			ExternalIPs:              externalIPs,
+			LoadBalancerIPs:          lbIPs,
+			LoadBalancerSourceRanges: ranges,
+			ExternalPolicyLocal:      externalLocal,
+			InternalPolicyLocal:      internalLocal,
+			AffinityTimeout:          affinity,
+			TrafficDistribution:      distribution,
+		}
+		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+			sp.NodePort = p.NodePort
+		}
+		if externalLocal && svc.Spec.Type == v1.ServiceTypeLoadBalancer {
+			sp.HealthCheckNodePort = svc.Spec.HealthCheckNodePort
+		}
+		ports = append(ports, sp)
+	}
+	if len(problems) > 0 {
+		return ports, fmt.Errorf("service %s/%s: %s", svc.Namespace, svc.Name, strings.Join(problems, "; "))
+	}
+	return ports, nil
+}
+
+// SliceServiceName returns the namespace/name of the Service an EndpointSlice
+// belongs to, or "" (and the reason) when the proxy ignores the slice.
+func SliceServiceName(slice *discovery.EndpointSlice) (string, string) {
+	name := slice.Labels[discovery.LabelServiceName]
+	switch {
+	case name == "":
+		return "", "no " + discovery.LabelServiceName + " label"
+	case slice.AddressType == discovery.AddressTypeFQDN:
+		return "", "addressType FQDN"
+	case slice.AddressType != discovery.AddressTypeIPv4 && slice.AddressType != discovery.AddressTypeIPv6:
+		return "", fmt.Sprintf("unknown addressType %q", slice.AddressType)
+	}
+	if _, headless := slice.Labels[LabelHeadless]; headless {
+		return "", "headless"
+	}
+	return slice.Namespace + "/" + name, ""
+}
+
+// PortKey identifies a port within a Service by its name and protocol, which
+// is how EndpointSlice ports are matched to Service ports.
+type PortKey struct {
+	Name     string
+	Protocol v1.Protocol
+}
+
+// SliceEndpoints converts one EndpointSlice into endpoints per port. Endpoints
+// whose address does not parse are dropped and reported in the error.
+func SliceEndpoints(slice *discovery.EndpointSlice) (map[PortKey][]Endpoint, error) {
+	var problems []string
+	out := map[PortKey][]Endpoint{}
+	for pi, p := range slice.Ports {
+		if p.Port == nil {
+			problems = append(problems, fmt.Sprintf("ports[%d]: no port number", pi))
+			continue
+		}
+		key := PortKey{Protocol: v1.ProtocolTCP}
+		if p.Name != nil {
+			key.Name = *p.Name
+		}
+		if p.Protocol != nil {
+			key.Protocol = *p.Protocol
+		}
+		eps := make([]Endpoint, 0, len(slice.Endpoints))
+		for ei, e := range slice.Endpoints {
+			if len(e.Addresses) == 0 {
+				continue
+			}
+			a, err := netip.ParseAddr(e.Addresses[0])
+			if err != nil {
+				if pi == 0 {
+					problems = append(problems, fmt.Sprintf("endpoints[%d].addresses[0]: invalid IP address %q", ei, e.Addresses[0]))
+				}
+				continue
+			}
+			eps = append(eps, endpointFrom(e, a.Unmap(), *p.Port))
+		}
+		out[key] = eps
+	}
+	if len(problems) > 0 {
+		return out, fmt.Errorf("endpointslice %s/%s: %s", slice.Namespace, slice.Name, strings.Join(problems, "; "))
+	}
+	return out, nil
+}
+
+// endpointFrom reads an endpoint's conditions as the API defines nil values:
+// ready nil means ready, serving nil defers to ready, terminating nil means
+// not terminating.
+func endpointFrom(e discovery.Endpoint, addr netip.Addr, port int32) Endpoint {
+	ready := e.Conditions.Ready == nil || *e.Conditions.Ready
+	serving := ready
+	if e.Conditions.Serving != nil {
+		serving = *e.Conditions.Serving
+	}
+	terminating := e.Conditions.Terminating != nil && *e.Conditions.Terminating
+	ep := Endpoint{Addr: addr, Port: port, Ready: ready, Serving: serving, Terminating: terminating}
+	if e.NodeName != nil {
+		ep.NodeName = *e.NodeName
+	}
+	if e.Zone != nil {
+		ep.Zone = *e.Zone
+	}
+	if e.Hints != nil {
+		for _, z := range e.Hints.ForZones {
+			ep.ZoneHints = append(ep.ZoneHints, z.Name)
+		}
+		for _, n := range e.Hints.ForNodes {
+			ep.NodeHints = append(ep.NodeHints, n.Name)
+		}
+	}
+	return ep
+}
+
+// MergeSlices merges the per-port endpoints of all slices of one Service,
+// visiting slices in name order and keeping the first copy of an endpoint
+// that appears in more than one slice.
+func MergeSlices(slices map[string]map[PortKey][]Endpoint) map[PortKey][]Endpoint {
+	names := make([]string, 0, len(slices))
+	for n := range slices {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := map[PortKey][]Endpoint{}
+	seen := map[PortKey]map[string]bool{}
+	for _, n := range names {
+		for key, eps := range slices[n] {
+			if seen[key] == nil {
+				seen[key] = map[string]bool{}
+			}
+			for _, ep := range eps {
+				s := ep.String()
+				if seen[key][s] {
+					continue
+				}
+				seen[key][s] = true
+				out[key] = append(out[key], ep)
+			}
+		}
+	}
+	for key := range out {
+		eps := out[key]
+		sort.SliceStable(eps, func(i, j int) bool {
+			return eps[i].Addr.Less(eps[j].Addr) || (eps[i].Addr == eps[j].Addr && eps[i].Port < eps[j].Port)
+		})
+	}
+	return out
+}
+
+// NodeInfoFrom extracts the node facts the proxy uses.
+func NodeInfoFrom(node *v1.Node) NodeInfo {
+	info := NodeInfo{Name: node.Name, Known: true, Zone: node.Labels[LabelZone]}
+	seen := map[netip.Addr]bool{}
+	for _, a := range node.Status.Addresses {
+		if a.Type != v1.NodeInternalIP && a.Type != v1.NodeExternalIP {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.Address)
+		if err != nil || seen[ip.Unmap()] {
+			continue
+		}
+		seen[ip.Unmap()] = true
+		info.Addresses = append(info.Addresses, ip.Unmap())
+	}
+	for _, c := range node.Spec.PodCIDRs {
+		if p, err := netip.ParsePrefix(c); err == nil {
+			info.PodCIDRs = append(info.PodCIDRs, p.Masked())
+		}
+	}
+	return info
+}
+
+// SnapshotFromObjects builds a snapshot from plain API objects, as the
+// offline commands do. Problems with individual objects are returned as
+// warnings; they never stop the rest from being built.
+func SnapshotFromObjects(f Filter, nodeName string, services []*v1.Service, slices []*discovery.EndpointSlice, nodes []*v1.Node) (*Snapshot, []error) {
+	snap := NewSnapshot()
+	snap.Node.Name = nodeName
+	var warnings []error
+	for _, n := range nodes {
+		if n.Name == nodeName {
+			snap.Node = NodeInfoFrom(n)
+		}
+	}
+	for _, svc := range services {
+		ports, err := f.ServicePorts(svc)
+		if err != nil {
+			warnings = append(warnings, err)
+		}
+		for _, p := range ports {
+			snap.Services[p.Name] = p
+		}
+	}
+	bySvc := map[string]map[string]map[PortKey][]Endpoint{}
+	for _, s := range slices {
+		key, _ := SliceServiceName(s)
+		if key == "" {
+			continue
+		}
+		eps, err := SliceEndpoints(s)
+		if err != nil {
+			warnings = append(warnings, err)
+		}
+		if bySvc[key] == nil {
+			bySvc[key] = map[string]map[PortKey][]Endpoint{}
+		}
+		bySvc[key][s.Name] = eps
+	}
+	for name := range snap.Services {
+		merged := MergeSlices(bySvc[name.ServiceKey()])
+		if eps := merged[PortKey{Name: name.Port, Protocol: name.Protocol}]; len(eps) > 0 {
+			snap.Endpoints[name] = eps
+		}
+	}
+	return snap, warnings
+}

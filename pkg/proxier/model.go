@@ -1,0 +1,158 @@
+// Package proxier owns switchyard's desired-state model, the renderer that
+// turns a model into iptables-restore text, the diff against what was last
+// applied, and the sync loop that drives it.
+//
+// It never executes anything on the host itself: applying goes through the
+// small Host interface, implemented by pkg/iptables (and by an in-memory fake
+// in tests). The model is plain Go values, buildable from API objects that
+// came from informers or from YAML files, so rendering works with no cluster.
+package proxier
+
+import (
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+// ServicePortName identifies one port of one Service: namespace/name:port
+// plus the protocol.
+type ServicePortName struct {
+	Namespace string
+	Name      string
+	Port      string
+	Protocol  v1.Protocol
+}
+
+// String is "namespace/name:port", or "namespace/name" for an unnamed port;
+// the form kube-proxy uses in rule comments.
+func (n ServicePortName) String() string {
+	if n.Port == "" {
+		return n.Namespace + "/" + n.Name
+	}
+	return n.Namespace + "/" + n.Name + ":" + n.Port
+}
+
+// ServiceKey is namespace/name of the Service the port belongs to.
+func (n ServicePortName) ServiceKey() string { return n.Namespace + "/" + n.Name }
+
+// ServicePort is everything the renderer needs to know about one port of a
+// Service. Fields that later features use (NodePort, external addresses,
+// traffic policies, topology) are carried from the start so the model never
+// has to change shape.
+type ServicePort struct {
+	Name ServicePortName
+	// ClusterIPs holds at most one address per IP family.
+	ClusterIPs []netip.Addr
+	Port       int32
+	NodePort   int32
+
+	ExternalIPs []netip.Addr
+	// LoadBalancerIPs are ingress IPs with ipMode VIP (or unset).
+	LoadBalancerIPs          []netip.Addr
+	LoadBalancerSourceRanges []netip.Prefix
+
+	ExternalPolicyLocal bool
+	InternalPolicyLocal bool
+	HealthCheckNodePort int32
+
+	// AffinityTimeout is the ClientIP session affinity timeout in seconds;
+	// zero means no session affinity.
+	AffinityTimeout int32
+
+	TrafficDistribution string
+}
+
+// ClusterIP returns the Service's cluster IP of the given family.
+func (s *ServicePort) ClusterIP(family v1.IPFamily) (netip.Addr, bool) {
+	for _, ip := range s.ClusterIPs {
+		if familyOf(ip) == family {
+			return ip, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// Endpoint is one backend of a Service port, merged from EndpointSlices.
+type Endpoint struct {
+	Addr        netip.Addr
+	Port        int32
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	NodeName    string
+	Zone        string
+	ZoneHints   []string
+	NodeHints   []string
+}
+
+// String is "ip:port" ("[ip]:port" for IPv6).
+func (e Endpoint) String() string {
+	return netip.AddrPortFrom(e.Addr, uint16(e.Port)).String()
+}
+
+// NodeInfo is what the proxy knows about the node it runs on.
+type NodeInfo struct {
+	Name string
+	// Known is false until the Node object has been seen.
+	Known     bool
+	Addresses []netip.Addr
+	Zone      string
+	PodCIDRs  []netip.Prefix
+}
+
+// Snapshot is the complete desired input of one sync: every Service port the
+// proxy handles, the endpoints of each, and the node's own facts. A Snapshot
+// is never mutated once handed to the renderer.
+type Snapshot struct {
+	Services  map[ServicePortName]*ServicePort
+	Endpoints map[ServicePortName][]Endpoint
+	Node      NodeInfo
+}
+
+// NewSnapshot returns an empty snapshot.
+func NewSnapshot() *Snapshot {
+	return &Snapshot{
+		Services:  map[ServicePortName]*ServicePort{},
+		Endpoints: map[ServicePortName][]Endpoint{},
+	}
+}
+
+// SortedNames returns the snapshot's Service port names in a stable order.
+func (s *Snapshot) SortedNames() []ServicePortName {
+	names := make([]ServicePortName, 0, len(s.Services))
+	for n := range s.Services {
+		names = append(names, n)
+	}
+	sort.Slice(names, func(i, j int) bool { return lessName(names[i], names[j]) })
+	return names
+}
+
+func lessName(a, b ServicePortName) bool {
+	if a.Namespace != b.Namespace {
+		return a.Namespace < b.Namespace
+	}
+	if a.Name != b.Name {
+		return a.Name < b.Name
+	}
+	if a.Port != b.Port {
+		return a.Port < b.Port
+	}
+	return a.Protocol < b.Protocol
+}
+
+func familyOf(a netip.Addr) v1.IPFamily {
+	if a.Is4() || a.Is4In6() {
+		return v1.IPv4Protocol
+	}
+	return v1.IPv6Protocol
+}
+
+func protoLower(p v1.Protocol) string { return strings.ToLower(string(p)) }
+
+// Describe renders a ServicePort for log lines.
+func (s *ServicePort) Describe() string {
+	return fmt.Sprintf("%s %v:%d/%s", s.Name, s.ClusterIPs, s.Port, s.Name.Protocol)
+}

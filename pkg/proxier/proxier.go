@@ -1,0 +1,184 @@
+package proxier
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+)
+
+// SnapshotSource hands the sync loop the current desired state. It is called
+// once per sync.
+type SnapshotSource interface {
+	Snapshot() *Snapshot
+}
+
+// LoopConfig sets the sync loop's timing.
+type LoopConfig struct {
+	// MinSyncPeriod is the least time between two syncs; bursts of changes
+	// inside it collapse into one sync.
+	MinSyncPeriod time.Duration
+	// SyncPeriod is the longest the loop goes without checking that its
+	// rules are intact and retrying a failed sync.
+	SyncPeriod time.Duration
+	// FullSyncPeriod is the longest between two full syncs.
+	FullSyncPeriod time.Duration
+}
+
+// Proxier runs the sync loop: it collapses sync requests, renders the
+// snapshot for each IP family and applies it through that family's Syncer.
+type Proxier struct {
+	cfg     LoopConfig
+	source  SnapshotSource
+	syncers []*Syncer
+
+	requests chan struct{}
+
+	mu         sync.Mutex
+	lastSync   time.Time
+	lastErr    error
+	lastResult []SyncResult
+	syncCount  int
+	synced     chan struct{}
+	syncedOnce sync.Once
+}
+
+// New returns a proxier over one syncer per IP family the node has.
+func New(cfg LoopConfig, source SnapshotSource, syncers ...*Syncer) *Proxier {
+	if cfg.FullSyncPeriod <= 0 {
+		cfg.FullSyncPeriod = time.Hour
+	}
+	if cfg.SyncPeriod <= 0 {
+		cfg.SyncPeriod = 30 * time.Second
+	}
+	return &Proxier{cfg: cfg, source: source, syncers: syncers, requests: make(chan struct{}, 1), synced: make(chan struct{})}
+}
+
+// RequestSync asks for a sync soon. It never blocks; requests made while
+// one is pending collapse into it.
+func (p *Proxier) RequestSync() {
+	select {
+	case p.requests <- struct{}{}:
+	default:
+	}
+}
+
+// Synced is closed after the first successful sync.
+func (p *Proxier) Synced() <-chan struct{} { return p.synced }
+
+// Status reports the last sync's time and error and how many syncs ran.
+func (p *Proxier) Status() (time.Time, error, int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastSync, p.lastErr, p.syncCount
+}
+
+// SyncOnce renders and applies the current snapshot for every family. A
+// failure of one family does not stop the others.
+func (p *Proxier) SyncOnce(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	snap := p.source.Snapshot()
+	var errs []error
+	var results []SyncResult
+	for _, s := range p.syncers {
+		res, err := s.Sync(ctx, snap)
+		if err != nil {
+			logger.Error(err, "Sync failed; the next sync will be full", "family", s.Config.Family)
+			errs = append(errs, err)
+			continue
+		}
+		results = append(results, res)
+	}
+	err := errors.Join(errs...)
+	p.mu.Lock()
+	p.lastSync = time.Now()
+	p.lastErr = err
+	p.lastResult = results
+	p.syncCount++
+	p.mu.Unlock()
+	if err == nil {
+		p.syncedOnce.Do(func() { close(p.synced) })
+		logger.V(1).Info("Synced", "services", len(snap.Services), "results", results)
+	}
+	return err
+}
+
+// Run is the sync loop. It syncs at once, then whenever a sync is requested
+// (at most once per MinSyncPeriod), retries failures with backoff, and every
+// SyncPeriod checks the rules are intact (and does a full sync when they are
+// not, or when the last full sync is older than FullSyncPeriod).
+func (p *Proxier) Run(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	ticker := time.NewTicker(p.cfg.SyncPeriod)
+	defer ticker.Stop()
+	var lastStart time.Time
+	pending := true
+	backoff := time.Duration(0)
+	var retry <-chan time.Time
+	for {
+		if pending {
+			if wait := p.cfg.MinSyncPeriod - time.Since(lastStart); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return
+				case <-t.C:
+				}
+			}
+			select { // this sync covers any request made so far
+			case <-p.requests:
+			default:
+			}
+			pending = false
+			lastStart = time.Now()
+			if err := p.SyncOnce(ctx); err != nil {
+				backoff = nextBackoff(backoff, p.cfg.SyncPeriod)
+				logger.Info("Retrying sync after backoff", "backoff", backoff)
+				retry = time.After(backoff)
+			} else {
+				backoff, retry = 0, nil
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.requests:
+			pending = true
+		case <-retry:
+			pending = true
+		case <-ticker.C:
+			for _, s := range p.syncers {
+				if time.Since(s.LastFull()) > p.cfg.FullSyncPeriod {
+					s.ForceFull()
+					pending = true
+					continue
+				}
+				ok, err := s.Check(ctx)
+				if err != nil || !ok {
+					logger.Info("Rules are not intact; running a full sync", "family", s.Config.Family, "err", err)
+					pending = true
+				}
+			}
+			if _, err, _ := p.Status(); err != nil {
+				pending = true
+			}
+		}
+	}
+}
+
+func nextBackoff(cur, limit time.Duration) time.Duration {
+	switch {
+	case cur == 0:
+		cur = 500 * time.Millisecond
+	default:
+		cur *= 2
+	}
+	if cur > limit {
+		cur = limit
+	}
+	return cur
+}

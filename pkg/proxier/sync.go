@@ -1,0 +1,271 @@
+package proxier
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+)
+
+// applied is what switchyard last wrote: table -> chain -> rules.
+type applied map[string]map[string][]string
+
+// SyncResult describes one sync, for logs and metrics.
+type SyncResult struct {
+	Full          bool
+	ChainsWritten int
+	ChainsDeleted int
+	Bytes         int
+	Elapsed       time.Duration
+}
+
+// Syncer applies rendered rules for one IP family through a host interface.
+// It remembers what it applied, so a partial sync writes only the chains
+// whose content changed and deletes the chains that are no longer wanted; a
+// full sync reads the host's tables to find every SWY- chain, rewrites all of
+// ours and deletes stale ones, all without flushing first, so traffic keeps
+// flowing while switchyard restarts.
+type Syncer struct {
+	Config RenderConfig
+	Host   iptables.Interface
+
+	mu       sync.Mutex
+	applied  applied // nil: unknown, next sync is full
+	lastFull time.Time
+	rules    *Rules
+}
+
+// NewSyncer returns a syncer whose first sync is full.
+func NewSyncer(cfg RenderConfig, host iptables.Interface) *Syncer {
+	return &Syncer{Config: cfg, Host: host}
+}
+
+// ForceFull makes the next sync a full one.
+func (s *Syncer) ForceFull() {
+	s.mu.Lock()
+	s.applied = nil
+	s.mu.Unlock()
+}
+
+// LastFull is when the last full sync succeeded.
+func (s *Syncer) LastFull() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastFull
+}
+
+// Rules returns the rules of the last successful sync.
+func (s *Syncer) Rules() *Rules {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rules
+}
+
+// Sync renders the snapshot and applies the difference. Any failure makes the
+// next sync full.
+func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start := time.Now()
+	rules := Render(snap, s.Config)
+	full := s.applied == nil
+	var res SyncResult
+	var text []byte
+	if full {
+		stale, unjump, err := s.hostState(ctx, rules)
+		if err != nil {
+			return res, err
+		}
+		text, res = fullRestore(rules, stale, unjump)
+	} else {
+		text, res = partialRestore(rules, s.applied)
+	}
+	res.Full = full
+	if len(text) > 0 {
+		if err := s.Host.Restore(ctx, text); err != nil {
+			s.applied = nil
+			return res, fmt.Errorf("applying %s rules: %w", s.Config.Family, err)
+		}
+	}
+	if full || !s.jumpsKnownGood(rules) {
+		if err := s.Host.EnsureJumps(ctx, rules.Jumps); err != nil {
+			s.applied = nil
+			return res, fmt.Errorf("ensuring %s jump rules: %w", s.Config.Family, err)
+		}
+	}
+	s.applied = toApplied(rules)
+	s.rules = rules
+	if full {
+		s.lastFull = time.Now()
+	}
+	res.Bytes = len(text)
+	res.Elapsed = time.Since(start)
+	klog.FromContext(ctx).V(2).Info("Synced rules", "family", s.Config.Family, "full", full,
+		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "bytes", res.Bytes, "elapsed", res.Elapsed)
+	return res, nil
+}
+
+// jumpsKnownGood is true when the jumps were ensured by an earlier sync and
+// have not changed since; the periodic check catches anyone removing them.
+func (s *Syncer) jumpsKnownGood(rules *Rules) bool {
+	return s.rules != nil && slices.EqualFunc(s.rules.Jumps, rules.Jumps, func(a, b iptables.Jump) bool {
+		return a.Table == b.Table && a.Chain == b.Chain && a.Target == b.Target && a.Comment == b.Comment && slices.Equal(a.Extra, b.Extra)
+	})
+}
+
+// Check reports whether the rules of the last sync are still on the host:
+// the top-level chains exist and the jumps are in place. When they are not,
+// the next sync is made full.
+func (s *Syncer) Check(ctx context.Context) (bool, error) {
+	s.mu.Lock()
+	rules := s.rules
+	s.mu.Unlock()
+	if rules == nil {
+		return false, nil
+	}
+	chains := map[string][]string{
+		TableNAT:    {ChainServices, ChainPostrouting, ChainMarkMasq, ChainNodePorts},
+		TableFilter: {ChainServices, ChainExternalServices, ChainForward},
+	}
+	ok, err := s.Host.Present(ctx, chains, rules.Jumps)
+	if err != nil || !ok {
+		s.ForceFull()
+	}
+	return ok, err
+}
+
+// hostState reads the host's tables and returns, per table, the SWY- chains
+// that exist but are not wanted, and the rules in other chains that jump to
+// them (they must go before the chains can be deleted).
+func (s *Syncer) hostState(ctx context.Context, rules *Rules) (map[string][]string, map[string][]string, error) {
+	stale := map[string][]string{}
+	unjump := map[string][]string{}
+	for _, t := range rules.Tables {
+		out, err := s.Host.Save(ctx, t.Name)
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading %s table: %w", t.Name, err)
+		}
+		want := map[string]bool{}
+		for _, c := range t.Chains {
+			want[c.Name] = true
+		}
+		existing, jumps := iptables.ScanSave(out)
+		for _, c := range existing {
+			if strings.HasPrefix(c, ChainPrefix) && !want[c] {
+				stale[t.Name] = append(stale[t.Name], c)
+			}
+		}
+		for _, j := range jumps {
+			if !strings.HasPrefix(j.Chain, ChainPrefix) && strings.HasPrefix(j.Target, ChainPrefix) && !want[j.Target] {
+				unjump[t.Name] = append(unjump[t.Name], "-D "+j.Chain+" "+j.Rule)
+			}
+		}
+	}
+	return stale, unjump, nil
+}
+
+func toApplied(r *Rules) applied {
+	a := applied{}
+	for _, t := range r.Tables {
+		m := make(map[string][]string, len(t.Chains))
+		for _, c := range t.Chains {
+			m[c.Name] = c.Rules
+		}
+		a[t.Name] = m
+	}
+	return a
+}
+
+// fullRestore writes every chain of ours and deletes stale ones.
+func fullRestore(r *Rules, stale, unjump map[string][]string) ([]byte, SyncResult) {
+	var b bytes.Buffer
+	var res SyncResult
+	for _, t := range r.Tables {
+		fmt.Fprintf(&b, "*%s\n", t.Name)
+		for _, c := range t.Chains {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
+		}
+		for _, c := range stale[t.Name] {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+		}
+		for _, line := range unjump[t.Name] {
+			b.WriteString(line + "\n")
+		}
+		for _, c := range t.Chains {
+			writeRules(&b, c)
+		}
+		for _, c := range stale[t.Name] {
+			fmt.Fprintf(&b, "-X %s\n", c)
+		}
+		b.WriteString("COMMIT\n")
+		res.ChainsWritten += len(t.Chains)
+		res.ChainsDeleted += len(stale[t.Name])
+	}
+	return b.Bytes(), res
+}
+
+// partialRestore writes only chains whose content differs from what was
+// applied, and deletes chains no longer wanted. A table with nothing to do
+// is left out; with nothing to do at all the text is empty.
+func partialRestore(r *Rules, last applied) ([]byte, SyncResult) {
+	var b bytes.Buffer
+	var res SyncResult
+	for _, t := range r.Tables {
+		prev := last[t.Name]
+		var changed []Chain
+		want := make(map[string]bool, len(t.Chains))
+		for _, c := range t.Chains {
+			want[c.Name] = true
+			old, ok := prev[c.Name]
+			if !ok || !slices.Equal(old, c.Rules) {
+				changed = append(changed, c)
+			}
+		}
+		var gone []string
+		for name := range prev {
+			if !want[name] {
+				gone = append(gone, name)
+			}
+		}
+		if len(changed) == 0 && len(gone) == 0 {
+			continue
+		}
+		sort.Strings(gone)
+		fmt.Fprintf(&b, "*%s\n", t.Name)
+		for _, c := range changed {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
+		}
+		// Flush removed chains first: one may still jump to another.
+		for _, name := range gone {
+			fmt.Fprintf(&b, ":%s - [0:0]\n", name)
+		}
+		for _, c := range changed {
+			writeRules(&b, c)
+		}
+		for _, name := range gone {
+			fmt.Fprintf(&b, "-X %s\n", name)
+		}
+		b.WriteString("COMMIT\n")
+		res.ChainsWritten += len(changed)
+		res.ChainsDeleted += len(gone)
+	}
+	return b.Bytes(), res
+}
+
+func writeRules(b *bytes.Buffer, c Chain) {
+	for _, rule := range c.Rules {
+		b.WriteString("-A ")
+		b.WriteString(c.Name)
+		b.WriteByte(' ')
+		b.WriteString(rule)
+		b.WriteByte('\n')
+	}
+}

@@ -1,0 +1,137 @@
+package watch
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+)
+
+// Watcher runs the informers that feed a Tracker.
+type Watcher struct {
+	tracker  *Tracker
+	services cache.SharedIndexInformer
+	slices   cache.SharedIndexInformer
+	nodes    cache.SharedIndexInformer
+	start    []func(<-chan struct{})
+}
+
+// stripTransform drops what the model never reads, so the informer caches
+// stay small.
+func stripTransform(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+		if ann := m.GetAnnotations(); len(ann) > 0 {
+			m.SetAnnotations(nil)
+		}
+	}
+	return obj, nil
+}
+
+// NewWatcher sets up informers on Services (filtered by the proxy-name
+// label), EndpointSlices (headless ones excluded) and the Node called
+// nodeName, all feeding tracker.
+func NewWatcher(client kubernetes.Interface, tracker *Tracker, resync time.Duration) *Watcher {
+	w := &Watcher{tracker: tracker}
+	svcFactory := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = tracker.filter.ServiceLabelSelector() }))
+	sliceFactory := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = "!" + "service.kubernetes.io/headless" }))
+	nodeFactory := informers.NewSharedInformerFactoryWithOptions(client, resync,
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", tracker.nodeName).String()
+		}))
+
+	w.services = svcFactory.Core().V1().Services().Informer()
+	w.slices = sliceFactory.Discovery().V1().EndpointSlices().Informer()
+	w.nodes = nodeFactory.Core().V1().Nodes().Informer()
+	for _, inf := range []cache.SharedIndexInformer{w.services, w.slices, w.nodes} {
+		_ = inf.SetTransform(stripTransform)
+	}
+
+	_, _ = w.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { tracker.UpdateService(obj.(*v1.Service)) },
+		UpdateFunc: func(_, obj any) { tracker.UpdateService(obj.(*v1.Service)) },
+		DeleteFunc: func(obj any) {
+			if ns, name, ok := deletedKey(obj); ok {
+				tracker.DeleteService(ns, name)
+			}
+		},
+	})
+	_, _ = w.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { tracker.UpdateSlice(obj.(*discovery.EndpointSlice)) },
+		UpdateFunc: func(_, obj any) { tracker.UpdateSlice(obj.(*discovery.EndpointSlice)) },
+		DeleteFunc: func(obj any) {
+			if ns, name, ok := deletedKey(obj); ok {
+				tracker.DeleteSlice(ns, name)
+			}
+		},
+	})
+	_, _ = w.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { tracker.UpdateNode(obj.(*v1.Node)) },
+		UpdateFunc: func(_, obj any) { tracker.UpdateNode(obj.(*v1.Node)) },
+		DeleteFunc: func(obj any) {
+			if _, name, ok := deletedKey(obj); ok {
+				tracker.DeleteNode(name)
+			}
+		},
+	})
+	w.start = []func(<-chan struct{}){svcFactory.Start, sliceFactory.Start, nodeFactory.Start}
+	return w
+}
+
+func deletedKey(obj any) (string, string, bool) {
+	if d, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = d.Obj
+	}
+	m, err := meta.Accessor(obj)
+	if err != nil {
+		return "", "", false
+	}
+	return m.GetNamespace(), m.GetName(), true
+}
+
+// Start starts the informers and waits until every cache has synced (the
+// Node cache syncs even when the Node does not exist yet).
+func (w *Watcher) Start(ctx context.Context) error {
+	for _, s := range w.start {
+		s(ctx.Done())
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), w.services.HasSynced, w.slices.HasSynced, w.nodes.HasSynced) {
+		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
+	}
+	return nil
+}
+
+// EventReporter turns object problems into Kubernetes Events.
+type EventReporter struct {
+	recorder record.EventRecorder
+}
+
+// NewEventReporter starts an event broadcaster writing through client.
+func NewEventReporter(ctx context.Context, client kubernetes.Interface, nodeName string) *EventReporter {
+	b := record.NewBroadcaster(record.WithContext(ctx))
+	b.StartStructuredLogging(3)
+	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	rec := b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "switchyard", Host: nodeName})
+	return &EventReporter{recorder: rec}
+}
+
+// Warn records a Warning event on the object.
+func (e *EventReporter) Warn(obj any, reason, message string) {
+	if o, ok := obj.(runtime.Object); ok {
+		e.recorder.Event(o, v1.EventTypeWarning, reason, message)
+	}
+}

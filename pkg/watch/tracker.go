@@ -1,0 +1,206 @@
+// Package watch owns the informers on Services, EndpointSlices and the
+// proxy's own Node, and the change tracker that turns their events into the
+// proxier's model. Event handlers only convert, record the change keyed by
+// namespace/name, and request a sync; they never touch the host.
+package watch
+
+import (
+	"sync"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/switchyard-proxy/switchyard/pkg/proxier"
+)
+
+// Reporter receives problems with individual objects (for Events).
+type Reporter interface {
+	Warn(obj any, reason, message string)
+}
+
+// Tracker holds the converted state of every watched object. It implements
+// proxier.SnapshotSource.
+type Tracker struct {
+	filter   proxier.Filter
+	nodeName string
+	notify   func()
+	logger   klog.Logger
+	reporter Reporter
+
+	mu sync.Mutex
+	// services: namespace/name -> converted ports.
+	services map[string][]*proxier.ServicePort
+	// slices: service namespace/name -> slice name -> endpoints per port.
+	slices map[string]map[string]map[proxier.PortKey][]proxier.Endpoint
+	// merged: service namespace/name -> endpoints merged across slices,
+	// recomputed only when one of that Service's slices changes.
+	merged map[string]map[proxier.PortKey][]proxier.Endpoint
+	// sliceOwner remembers which Service a slice was filed under.
+	sliceOwner map[string]string
+	node       proxier.NodeInfo
+}
+
+// NewTracker returns an empty tracker. notify is called after every recorded
+// change (it should only request a sync).
+func NewTracker(logger klog.Logger, filter proxier.Filter, nodeName string, notify func(), reporter Reporter) *Tracker {
+	if notify == nil {
+		notify = func() {}
+	}
+	return &Tracker{
+		filter: filter, nodeName: nodeName, notify: notify, logger: logger, reporter: reporter,
+		services:   map[string][]*proxier.ServicePort{},
+		slices:     map[string]map[string]map[proxier.PortKey][]proxier.Endpoint{},
+		merged:     map[string]map[proxier.PortKey][]proxier.Endpoint{},
+		sliceOwner: map[string]string{},
+		node:       proxier.NodeInfo{Name: nodeName},
+	}
+}
+
+// SetNotify replaces the change callback.
+func (t *Tracker) SetNotify(f func()) {
+	t.mu.Lock()
+	t.notify = f
+	t.mu.Unlock()
+}
+
+func (t *Tracker) changed() {
+	t.mu.Lock()
+	f := t.notify
+	t.mu.Unlock()
+	f()
+}
+
+func (t *Tracker) warn(obj any, reason string, err error) {
+	t.logger.Error(err, "Ignoring invalid part of object", "reason", reason)
+	if t.reporter != nil {
+		t.reporter.Warn(obj, reason, err.Error())
+	}
+}
+
+// UpdateService records a Service's current state (add or update).
+func (t *Tracker) UpdateService(svc *v1.Service) {
+	key := svc.Namespace + "/" + svc.Name
+	ports, err := t.filter.ServicePorts(svc)
+	if err != nil {
+		t.warn(svc, "InvalidService", err)
+	}
+	if reason := t.filter.SkipReason(svc); reason != "" {
+		t.logger.V(4).Info("Skipping Service", "service", klog.KObj(svc), "reason", reason)
+	}
+	t.mu.Lock()
+	if len(ports) == 0 {
+		delete(t.services, key)
+	} else {
+		t.services[key] = ports
+	}
+	t.mu.Unlock()
+	t.changed()
+}
+
+// DeleteService forgets a Service.
+func (t *Tracker) DeleteService(namespace, name string) {
+	t.mu.Lock()
+	delete(t.services, namespace+"/"+name)
+	t.mu.Unlock()
+	t.changed()
+}
+
+// UpdateSlice records an EndpointSlice's current state (add or update).
+func (t *Tracker) UpdateSlice(slice *discovery.EndpointSlice) {
+	sliceKey := slice.Namespace + "/" + slice.Name
+	svcKey, reason := proxier.SliceServiceName(slice)
+	var eps map[proxier.PortKey][]proxier.Endpoint
+	if svcKey != "" {
+		var err error
+		eps, err = proxier.SliceEndpoints(slice)
+		if err != nil {
+			t.warn(slice, "InvalidEndpointSlice", err)
+		}
+	} else {
+		t.logger.V(4).Info("Ignoring EndpointSlice", "endpointSlice", klog.KObj(slice), "reason", reason)
+	}
+	t.mu.Lock()
+	if old, ok := t.sliceOwner[sliceKey]; ok && old != svcKey {
+		t.removeSliceLocked(old, slice.Name)
+	}
+	if svcKey != "" {
+		if t.slices[svcKey] == nil {
+			t.slices[svcKey] = map[string]map[proxier.PortKey][]proxier.Endpoint{}
+		}
+		t.slices[svcKey][slice.Name] = eps
+		t.sliceOwner[sliceKey] = svcKey
+		t.merged[svcKey] = proxier.MergeSlices(t.slices[svcKey])
+	} else {
+		delete(t.sliceOwner, sliceKey)
+	}
+	t.mu.Unlock()
+	t.changed()
+}
+
+// DeleteSlice forgets an EndpointSlice.
+func (t *Tracker) DeleteSlice(namespace, name string) {
+	sliceKey := namespace + "/" + name
+	t.mu.Lock()
+	if owner, ok := t.sliceOwner[sliceKey]; ok {
+		t.removeSliceLocked(owner, name)
+		delete(t.sliceOwner, sliceKey)
+	}
+	t.mu.Unlock()
+	t.changed()
+}
+
+func (t *Tracker) removeSliceLocked(svcKey, sliceName string) {
+	delete(t.slices[svcKey], sliceName)
+	if len(t.slices[svcKey]) == 0 {
+		delete(t.slices, svcKey)
+		delete(t.merged, svcKey)
+		return
+	}
+	t.merged[svcKey] = proxier.MergeSlices(t.slices[svcKey])
+}
+
+// UpdateNode records the proxy's own Node.
+func (t *Tracker) UpdateNode(node *v1.Node) {
+	if node.Name != t.nodeName {
+		return
+	}
+	info := proxier.NodeInfoFrom(node)
+	t.mu.Lock()
+	t.node = info
+	t.mu.Unlock()
+	t.changed()
+}
+
+// DeleteNode forgets the proxy's own Node; Services keep being served.
+func (t *Tracker) DeleteNode(name string) {
+	if name != t.nodeName {
+		return
+	}
+	t.mu.Lock()
+	t.node = proxier.NodeInfo{Name: t.nodeName}
+	t.mu.Unlock()
+	t.changed()
+}
+
+// Snapshot returns the current desired state. The maps are new; the values
+// are shared and never mutated.
+func (t *Tracker) Snapshot() *proxier.Snapshot {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	snap := &proxier.Snapshot{
+		Services:  make(map[proxier.ServicePortName]*proxier.ServicePort, len(t.services)),
+		Endpoints: make(map[proxier.ServicePortName][]proxier.Endpoint, len(t.services)),
+		Node:      t.node,
+	}
+	for key, ports := range t.services {
+		merged := t.merged[key]
+		for _, p := range ports {
+			snap.Services[p.Name] = p
+			if eps := merged[proxier.PortKey{Name: p.Name.Port, Protocol: p.Name.Protocol}]; len(eps) > 0 {
+				snap.Endpoints[p.Name] = eps
+			}
+		}
+	}
+	return snap
+}
