@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 )
 
@@ -12,7 +13,13 @@ func (t *Trace) Summary() string {
 		return "no outcome (empty ruleset)"
 	}
 	var lines []string
-	eps := t.Endpoints()
+	var eps []string
+	for _, o := range t.Outcomes {
+		if o.DNAT != "" && o.Verdict == "ACCEPT" && !contains(eps, o.DNAT) {
+			eps = append(eps, o.DNAT)
+		}
+	}
+	sort.Strings(eps)
 	if len(eps) > 0 {
 		svc := serviceOf(t.Outcomes)
 		choice := "always"
@@ -35,7 +42,12 @@ func (t *Trace) Summary() string {
 		case "REJECT", "DROP":
 			word := map[string]string{"REJECT": "rejected", "DROP": "dropped"}[o.Verdict]
 			last := lastRule(o)
-			if c := last.Comment; c != "" {
+			if o.DNAT != "" {
+				word += " after DNAT to " + o.DNAT
+			}
+			if last.Rule == 0 {
+				line = fmt.Sprintf("%s by the %s of %s %s", word, last.Text, last.Table, last.Chain)
+			} else if c := last.Comment; c != "" {
 				line = fmt.Sprintf("%s: %s (%s %s rule %d)", word, c, last.Table, last.Chain, last.Rule)
 			} else {
 				line = fmt.Sprintf("%s by %s %s rule %d: %s", word, last.Table, last.Chain, last.Rule, last.Text)
@@ -80,12 +92,8 @@ func (t *Trace) masqueradeText() string {
 	return "masqueraded on some paths"
 }
 
+// lastRule is the step that decided an outcome: the last rule or policy.
 func lastRule(o Outcome) Step {
-	for i := len(o.Path) - 1; i >= 0; i-- {
-		if o.Path[i].Rule > 0 {
-			return o.Path[i]
-		}
-	}
 	if len(o.Path) > 0 {
 		return o.Path[len(o.Path)-1]
 	}

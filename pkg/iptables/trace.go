@@ -64,12 +64,13 @@ type Trace struct {
 	Assumptions []string `json:"assumptions,omitempty"`
 }
 
-// Endpoints returns the distinct DNAT destinations across outcomes, sorted.
+// Endpoints returns the distinct DNAT destinations across outcomes, sorted,
+// whatever the filter table did with the packet afterwards.
 func (t *Trace) Endpoints() []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, o := range t.Outcomes {
-		if o.DNAT != "" && o.Verdict == "ACCEPT" && !seen[o.DNAT] {
+		if o.DNAT != "" && !seen[o.DNAT] {
 			seen[o.DNAT] = true
 			out = append(out, o.DNAT)
 		}

@@ -1,0 +1,281 @@
+package proxier
+
+import (
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+)
+
+// The node of the behaviour tests, and addresses around it.
+var (
+	nodeIP     = netip.MustParseAddr("192.168.50.10")
+	podA       = netip.MustParseAddr("10.244.1.5") // an endpoint of default/web
+	otherPod   = netip.MustParseAddr("10.244.3.9") // a pod that is no endpoint
+	outsideIP  = netip.MustParseAddr("172.16.0.9") // a host outside the cluster
+	webVIP     = "10.96.0.10:80"
+	webEPs     = []string{"10.244.1.5:8080", "10.244.2.7:8080"}
+	emptyVIP   = "10.96.0.11:53"
+	stickyVIP  = "10.96.10.1:80"
+	dnsVIP     = "10.96.0.53:53"
+	rollingVIP = "10.96.20.1:80"
+)
+
+// tracePacket renders the snapshot with cfg and traces one packet.
+func tracePacket(t *testing.T, snap *Snapshot, cfg RenderConfig, src netip.Addr, dst, proto string) *iptables.Trace {
+	t.Helper()
+	rs, err := iptables.ParseSave(RestoreText(Render(snap, cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap := netip.MustParseAddrPort(dst)
+	return iptables.TracePacket(rs, iptables.TraceInput{
+		Packet:     iptables.Packet{Src: src, Dst: ap.Addr(), DstPort: int(ap.Port()), SrcPort: 40000, Protocol: proto},
+		LocalAddrs: []netip.Addr{nodeIP},
+	})
+}
+
+func masqueraded(tr *iptables.Trace) (all, none bool) {
+	all, none = true, true
+	for _, o := range tr.Outcomes {
+		if o.Masquerade {
+			none = false
+		} else {
+			all = false
+		}
+	}
+	return all, none
+}
+
+func TestPodToClusterIPReachesEveryEndpointUnmasqueraded(t *testing.T) {
+	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig(), otherPod, webVIP, "tcp")
+	if got := tr.Endpoints(); !reflect.DeepEqual(got, webEPs) {
+		t.Errorf("endpoints = %v, want %v\n%s", got, webEPs, tr.Text())
+	}
+	if _, none := masqueraded(tr); !none {
+		t.Errorf("pod traffic to a ClusterIP was masqueraded:\n%s", tr.Text())
+	}
+	if tr.Local {
+		t.Error("a pod source was treated as local")
+	}
+	if got := tr.Verdicts(); !reflect.DeepEqual(got, []string{"ACCEPT"}) {
+		t.Errorf("verdicts = %v", got)
+	}
+}
+
+func TestNodeToClusterIPIsMasqueraded(t *testing.T) {
+	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig(), nodeIP, webVIP, "tcp")
+	if !tr.Local {
+		t.Error("the node's own address did not enter through OUTPUT")
+	}
+	if got := tr.Endpoints(); !reflect.DeepEqual(got, webEPs) {
+		t.Errorf("endpoints = %v, want %v", got, webEPs)
+	}
+	if all, _ := masqueraded(tr); !all {
+		t.Errorf("node traffic to a ClusterIP was not masqueraded:\n%s", tr.Text())
+	}
+}
+
+func TestOffClusterSourceIsMasqueraded(t *testing.T) {
+	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig(), outsideIP, webVIP, "tcp")
+	if all, _ := masqueraded(tr); !all {
+		t.Errorf("traffic from outside the cluster CIDR was not masqueraded:\n%s", tr.Text())
+	}
+}
+
+func TestHairpinIsMasqueraded(t *testing.T) {
+	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig(), podA, webVIP, "tcp")
+	for _, o := range tr.Outcomes {
+		switch o.DNAT {
+		case "10.244.1.5:8080":
+			if !o.Masquerade {
+				t.Errorf("a pod reaching itself through its Service was not masqueraded:\n%s", tr.Text())
+			}
+		case "10.244.2.7:8080":
+			if o.Masquerade {
+				t.Errorf("a pod reaching another endpoint was masqueraded:\n%s", tr.Text())
+			}
+		}
+	}
+}
+
+func TestMasqueradeAllAndNoClusterCIDR(t *testing.T) {
+	snap := loadSnapshot(t, "basic.yaml", "node-a")
+	cfg := defaultConfig()
+	cfg.MasqueradeAll = true
+	if all, _ := masqueraded(tracePacket(t, snap, cfg, otherPod, webVIP, "tcp")); !all {
+		t.Error("--masquerade-all did not masquerade pod traffic")
+	}
+	cfg = defaultConfig()
+	cfg.ClusterCIDR = netip.Prefix{}
+	if _, none := masqueraded(tracePacket(t, snap, cfg, outsideIP, webVIP, "tcp")); !none {
+		t.Error("without --cluster-cidr, ClusterIP traffic from outside was masqueraded")
+	}
+}
+
+func TestMasqueradeBitIsHonoured(t *testing.T) {
+	cfg := defaultConfig()
+	cfg.MasqueradeBit = 3
+	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), cfg, nodeIP, webVIP, "tcp")
+	if all, _ := masqueraded(tr); !all {
+		t.Errorf("not masqueraded with bit 3:\n%s", tr.Text())
+	}
+	text := RestoreText(Render(loadSnapshot(t, "basic.yaml", "node-a"), cfg))
+	if !strings.Contains(text, "--or-mark 0x8") || strings.Contains(text, "0x4000") {
+		t.Errorf("mark bit 3 is not 0x8 throughout:\n%s", text)
+	}
+}
+
+func TestNoEndpointsRejects(t *testing.T) {
+	snap := loadSnapshot(t, "basic.yaml", "node-a")
+	for _, src := range []netip.Addr{otherPod, nodeIP} {
+		tr := tracePacket(t, snap, defaultConfig(), src, emptyVIP, "udp")
+		if got := tr.Verdicts(); !reflect.DeepEqual(got, []string{"REJECT"}) {
+			t.Errorf("from %s: verdicts = %v, want REJECT\n%s", src, got, tr.Text())
+		}
+		if !strings.Contains(tr.Summary(), "default/empty has no endpoints") {
+			t.Errorf("summary does not name the Service: %q", tr.Summary())
+		}
+	}
+}
+
+func TestWrongPortOrProtocolDoesNotMatch(t *testing.T) {
+	snap := loadSnapshot(t, "basic.yaml", "node-a")
+	for _, c := range []struct{ dst, proto string }{{"10.96.0.10:81", "tcp"}, {webVIP, "udp"}, {"10.96.0.12:80", "tcp"}, {"10.96.0.11:53", "tcp"}} {
+		tr := tracePacket(t, snap, defaultConfig(), otherPod, c.dst, c.proto)
+		if eps := tr.Endpoints(); len(eps) != 0 {
+			t.Errorf("%s %s: reached %v", c.proto, c.dst, eps)
+		}
+		if got := tr.Verdicts(); !reflect.DeepEqual(got, []string{"ACCEPT"}) {
+			t.Errorf("%s %s: verdicts %v, want untouched ACCEPT", c.proto, c.dst, got)
+		}
+	}
+}
+
+func TestMultiPortNamedTargetPorts(t *testing.T) {
+	snap := loadSnapshot(t, "multiport.yaml", "node-a")
+	cases := []struct {
+		dst, proto string
+		want       []string
+	}{
+		{dnsVIP, "udp", []string{"10.244.1.2:5353", "10.244.2.2:5353", "10.244.4.2:5353"}},
+		{dnsVIP, "tcp", []string{"10.244.1.2:5353", "10.244.2.2:5353"}},
+		{"10.96.0.53:9153", "tcp", []string{"10.244.1.2:9153", "10.244.2.2:9153"}},
+		{"10.96.0.53:7777", "sctp", []string{"10.244.1.2:7777", "10.244.2.2:7777"}},
+	}
+	for _, c := range cases {
+		tr := tracePacket(t, snap, defaultConfig(), otherPod, c.dst, c.proto)
+		if got := tr.Endpoints(); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("%s %s: endpoints %v, want %v", c.proto, c.dst, got, c.want)
+		}
+	}
+}
+
+func TestSessionAffinityRules(t *testing.T) {
+	snap := loadSnapshot(t, "affinity.yaml", "node-a")
+	rules := Render(snap, defaultConfig())
+	n := ServicePortName{Namespace: "shop", Name: "sticky", Port: "web", Protocol: v1.ProtocolTCP}
+	svc := chainRules(rules, TableNAT, ServiceChainName(n))
+	checks := 0
+	for _, ep := range snap.Endpoints[n] {
+		sep := EndpointChainName(n, ep)
+		want := "-m recent --name " + sep + " --rcheck --seconds 10800 --reap -j " + sep
+		found := false
+		for _, r := range svc {
+			found = found || strings.Contains(r, want)
+		}
+		if !found {
+			t.Errorf("service chain has no affinity check for %s:\n%s", ep, strings.Join(svc, "\n"))
+		}
+		set := false
+		for _, r := range chainRules(rules, TableNAT, sep) {
+			set = set || strings.Contains(r, "-m recent --name "+sep+" --set") && strings.Contains(r, "DNAT")
+		}
+		if !set {
+			t.Errorf("endpoint chain %s does not record affinity", sep)
+		}
+		checks++
+	}
+	if checks != 3 {
+		t.Fatalf("expected 3 endpoints, got %d", checks)
+	}
+	short := ServicePortName{Namespace: "shop", Name: "sticky-short", Protocol: v1.ProtocolTCP}
+	if r := strings.Join(chainRules(rules, TableNAT, ServiceChainName(short)), "\n"); !strings.Contains(r, "--seconds 60 ") {
+		t.Errorf("custom timeout missing:\n%s", r)
+	}
+	// A first connection (no affinity entry yet) still reaches every endpoint.
+	tr := tracePacket(t, snap, defaultConfig(), otherPod, stickyVIP, "tcp")
+	if got := tr.Endpoints(); len(got) != 3 {
+		t.Errorf("first connection reaches %v", got)
+	}
+	if len(tr.Assumptions) == 0 {
+		t.Error("the tracer did not say it assumed no affinity entry")
+	}
+}
+
+func TestTerminatingEndpointsServeWhenNoneReady(t *testing.T) {
+	tr := tracePacket(t, loadSnapshot(t, "terminating.yaml", "node-a"), defaultConfig(), otherPod, rollingVIP, "tcp")
+	if got, want := tr.Endpoints(), []string{"10.244.1.30:8080"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("endpoints = %v, want %v", got, want)
+	}
+}
+
+func TestReadyEndpointsWinOverTerminating(t *testing.T) {
+	snap := loadSnapshot(t, "terminating.yaml", "node-a")
+	n := ServicePortName{Namespace: "default", Name: "rolling", Port: "http", Protocol: v1.ProtocolTCP}
+	snap.Endpoints[n] = append(snap.Endpoints[n], Endpoint{Addr: netip.MustParseAddr("10.244.1.33"), Port: 8080, Ready: true, Serving: true})
+	tr := tracePacket(t, snap, defaultConfig(), otherPod, rollingVIP, "tcp")
+	if got, want := tr.Endpoints(), []string{"10.244.1.33:8080"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("endpoints = %v, want %v", got, want)
+	}
+}
+
+func TestSkippedObjectsAreNotProxied(t *testing.T) {
+	snap := loadSnapshot(t, "skipped.yaml", "node-a")
+	if len(snap.Services) != 1 {
+		t.Errorf("services = %v, want only default/plain", snap.SortedNames())
+	}
+	// default/plain's only slices are FQDN and unlabelled: it has no endpoints.
+	tr := tracePacket(t, snap, defaultConfig(), otherPod, "10.96.30.2:80", "tcp")
+	if got := tr.Verdicts(); !reflect.DeepEqual(got, []string{"REJECT"}) {
+		t.Errorf("default/plain: verdicts %v, want REJECT", got)
+	}
+	tr = tracePacket(t, snap, defaultConfig(), otherPod, "10.96.30.1:80", "tcp")
+	if got := tr.Verdicts(); !reflect.DeepEqual(got, []string{"ACCEPT"}) || len(tr.Endpoints()) != 0 {
+		t.Errorf("another proxy's Service was programmed: %v %v", got, tr.Endpoints())
+	}
+}
+
+func TestProbabilitiesAreUniform(t *testing.T) {
+	snap := loadSnapshot(t, "list.yaml", "node-a")
+	n := ServicePortName{Namespace: "prod", Name: "api", Port: "grpc", Protocol: v1.ProtocolTCP}
+	rules := chainRules(Render(snap, defaultConfig()), TableNAT, ServiceChainName(n))
+	want := []string{"0.2500000000", "0.3333333333", "0.5000000000", ""}
+	var got []string
+	for _, r := range rules {
+		if strings.Contains(r, "MARK-MASQ") {
+			continue
+		}
+		p := ""
+		if i := strings.Index(r, "--probability "); i >= 0 {
+			p = strings.Fields(r[i:])[1]
+		}
+		got = append(got, p)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("probabilities = %q, want %q", got, want)
+	}
+}
+
+func chainRules(r *Rules, table, chain string) []string {
+	for _, c := range r.Table(table).Chains {
+		if c.Name == chain {
+			return c.Rules
+		}
+	}
+	return nil
+}

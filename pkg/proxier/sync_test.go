@@ -1,0 +1,352 @@
+package proxier
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+)
+
+func spn(name, port string) ServicePortName {
+	return ServicePortName{Namespace: "default", Name: name, Port: port, Protocol: v1.ProtocolTCP}
+}
+
+// addService puts a Service port with n ready endpoints into snap.
+func addService(snap *Snapshot, name string, vip string, n int) ServicePortName {
+	sp := spn(name, "http")
+	snap.Services[sp] = &ServicePort{Name: sp, Port: 80, ClusterIPs: []netip.Addr{netip.MustParseAddr(vip)}}
+	var eps []Endpoint
+	base := netip.MustParseAddr(vip).As4()
+	for i := 0; i < n; i++ {
+		eps = append(eps, Endpoint{Addr: netip.AddrFrom4([4]byte{10, 244, base[3], byte(i + 1)}), Port: 8080, Ready: true, Serving: true})
+	}
+	if n > 0 {
+		snap.Endpoints[sp] = eps
+	}
+	return sp
+}
+
+// declaredChains lists the chains a restore text declares, per table.
+func declaredChains(text string) map[string][]string {
+	out := map[string][]string{}
+	table := ""
+	for _, l := range strings.Split(text, "\n") {
+		switch {
+		case strings.HasPrefix(l, "*"):
+			table = l[1:]
+		case strings.HasPrefix(l, ":"):
+			out[table] = append(out[table], strings.Fields(l[1:])[0])
+		}
+	}
+	return out
+}
+
+// swyChains lists every SWY- chain in the fake's tables, per table.
+func swyChains(f *iptables.Fake) map[string][]string {
+	rs := f.Snapshot()
+	out := map[string][]string{}
+	for _, t := range []string{TableNAT, TableFilter} {
+		names := rs.ChainNames(t, ChainPrefix)
+		sort.Strings(names)
+		out[t] = names
+	}
+	return out
+}
+
+func wantChains(r *Rules) map[string][]string {
+	out := map[string][]string{}
+	for _, t := range r.Tables {
+		for _, c := range t.Chains {
+			out[t.Name] = append(out[t.Name], c.Name)
+		}
+		sort.Strings(out[t.Name])
+	}
+	return out
+}
+
+func equalChains(a, b map[string][]string) bool {
+	for _, t := range []string{TableNAT, TableFilter} {
+		if strings.Join(a[t], ",") != strings.Join(b[t], ",") {
+			return false
+		}
+	}
+	return true
+}
+
+func TestPartialSyncWritesOnlyChangedChains(t *testing.T) {
+	ctx := context.Background()
+	fake := iptables.NewFake()
+	s := NewSyncer(defaultConfig(), fake)
+	snap := NewSnapshot()
+	web := addService(snap, "web", "10.96.0.10", 2)
+	addService(snap, "db", "10.96.0.20", 3)
+	res, err := s.Sync(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Full {
+		t.Error("first sync was not full")
+	}
+
+	// Scale web from 2 to 3 endpoints.
+	snap2 := NewSnapshot()
+	addService(snap2, "web", "10.96.0.10", 3)
+	addService(snap2, "db", "10.96.0.20", 3)
+	res, err = s.Sync(ctx, snap2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Full {
+		t.Error("second sync was full")
+	}
+	last := fake.Restores[len(fake.Restores)-1]
+	got := declaredChains(last)
+	newSEP := EndpointChainName(web, snap2.Endpoints[web][2])
+	want := []string{ServiceChainName(web), newSEP}
+	sort.Strings(got[TableNAT])
+	sort.Strings(want)
+	if strings.Join(got[TableNAT], ",") != strings.Join(want, ",") {
+		t.Errorf("partial sync declared nat chains %v, want only %v\n%s", got[TableNAT], want, last)
+	}
+	if len(got[TableFilter]) != 0 {
+		t.Errorf("partial sync touched the filter table: %v", got[TableFilter])
+	}
+	if !equalChains(swyChains(fake), wantChains(Render(snap2, defaultConfig()))) {
+		t.Errorf("host chains %v, want %v", swyChains(fake), wantChains(Render(snap2, defaultConfig())))
+	}
+
+	// Nothing changed: nothing is written.
+	n := len(fake.Restores)
+	if _, err := s.Sync(ctx, snap2); err != nil {
+		t.Fatal(err)
+	}
+	if len(fake.Restores) != n {
+		t.Errorf("a sync with no change ran iptables-restore:\n%s", fake.Restores[len(fake.Restores)-1])
+	}
+}
+
+func TestRemovedServiceChainsAreDeleted(t *testing.T) {
+	ctx := context.Background()
+	fake := iptables.NewFake()
+	s := NewSyncer(defaultConfig(), fake)
+	snap := NewSnapshot()
+	web := addService(snap, "web", "10.96.0.10", 2)
+	addService(snap, "db", "10.96.0.20", 1)
+	if _, err := s.Sync(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	webChains := []string{ServiceChainName(web)}
+	for _, ep := range snap.Endpoints[web] {
+		webChains = append(webChains, EndpointChainName(web, ep))
+	}
+
+	snap2 := NewSnapshot()
+	addService(snap2, "db", "10.96.0.20", 1)
+	if _, err := s.Sync(ctx, snap2); err != nil {
+		t.Fatal(err)
+	}
+	last := fake.Restores[len(fake.Restores)-1]
+	for _, c := range webChains {
+		if !strings.Contains(last, "-X "+c+"\n") {
+			t.Errorf("removed chain %s not deleted:\n%s", c, last)
+		}
+	}
+	if !equalChains(swyChains(fake), wantChains(Render(snap2, defaultConfig()))) {
+		t.Errorf("chains leaked: host %v", swyChains(fake))
+	}
+
+	// Down to no endpoints: the Service chain goes, a REJECT appears.
+	snap3 := NewSnapshot()
+	db := addService(snap3, "db", "10.96.0.20", 0)
+	if _, err := s.Sync(ctx, snap3); err != nil {
+		t.Fatal(err)
+	}
+	if names := fake.Snapshot().ChainNames(TableNAT, ServiceChainName(db)); len(names) != 0 {
+		t.Errorf("service chain of a Service without endpoints still exists")
+	}
+	if r := strings.Join(fake.Snapshot().RuleTexts(TableFilter, ChainServices), "\n"); !strings.Contains(r, "default/db:http has no endpoints") {
+		t.Errorf("no REJECT for a Service without endpoints: %s", r)
+	}
+}
+
+func TestFailedRestoreForcesFullSync(t *testing.T) {
+	ctx := context.Background()
+	fake := iptables.NewFake()
+	s := NewSyncer(defaultConfig(), fake)
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	if _, err := s.Sync(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	fake.FailRestore = errors.New("iptables-restore: line 3 failed")
+	snap2 := NewSnapshot()
+	addService(snap2, "web", "10.96.0.10", 3)
+	if _, err := s.Sync(ctx, snap2); err == nil {
+		t.Fatal("sync did not report the restore failure")
+	}
+	fake.FailRestore = nil
+	res, err := s.Sync(ctx, snap2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Full {
+		t.Error("the sync after a failure was not full")
+	}
+	if !equalChains(swyChains(fake), wantChains(Render(snap2, defaultConfig()))) {
+		t.Errorf("host chains %v after recovery", swyChains(fake))
+	}
+}
+
+func TestStartupAdoptsRulesAndRemovesStaleChains(t *testing.T) {
+	ctx := context.Background()
+	fake := iptables.NewFake()
+	// A previous run left web and old (gone now), plus jumps, plus a stale
+	// chain some older version referenced from a built-in chain, and a
+	// foreign kube-proxy chain that must stay.
+	old := NewSnapshot()
+	addService(old, "web", "10.96.0.10", 2)
+	addService(old, "old", "10.96.0.30", 2)
+	if _, err := NewSyncer(defaultConfig(), fake).Sync(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := fake.Rules.Restore("*nat\n:SWY-OLD-VERSION - [0:0]\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j SWY-OLD-VERSION\n-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n", true); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new process starts: its syncer knows nothing.
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	s := NewSyncer(defaultConfig(), fake)
+	res, err := s.Sync(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Full {
+		t.Fatal("first sync after restart was not full")
+	}
+	last := fake.Restores[len(fake.Restores)-1]
+	if strings.Contains(last, "\n-F") || strings.Contains(last, "-X "+ServiceChainName(spn("web", "http"))) {
+		t.Errorf("restart flushed or deleted a live chain:\n%s", last)
+	}
+	want := wantChains(Render(snap, defaultConfig()))
+	if !equalChains(swyChains(fake), want) {
+		t.Errorf("after restart host chains %v, want %v", swyChains(fake), want)
+	}
+	rs := fake.Snapshot()
+	if rs.Tables[TableNAT].Chains["KUBE-SERVICES"] == nil {
+		t.Error("a foreign chain was deleted")
+	}
+	pre := strings.Join(rs.RuleTexts(TableNAT, "PREROUTING"), "\n")
+	if !strings.Contains(pre, "-j KUBE-SERVICES") || strings.Contains(pre, "SWY-OLD-VERSION") {
+		t.Errorf("PREROUTING after adoption:\n%s", pre)
+	}
+	if n := strings.Count(pre, "-j SWY-SERVICES"); n != 1 {
+		t.Errorf("PREROUTING has %d jumps to SWY-SERVICES, want 1", n)
+	}
+}
+
+func TestCheckDetectsFlushedRules(t *testing.T) {
+	ctx := context.Background()
+	fake := iptables.NewFake()
+	s := NewSyncer(defaultConfig(), fake)
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	if _, err := s.Sync(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s.Check(ctx); !ok || err != nil {
+		t.Fatalf("check after sync = %v, %v", ok, err)
+	}
+	// Someone runs iptables -t nat -F PREROUTING.
+	if err := fake.Rules.Restore("*nat\n-F PREROUTING\nCOMMIT\n", true); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.Check(ctx); ok {
+		t.Fatal("check did not notice the missing jump")
+	}
+	res, err := s.Sync(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Full {
+		t.Error("sync after a failed check was not full")
+	}
+	if ok, _ := s.Check(ctx); !ok {
+		t.Error("rules not restored")
+	}
+}
+
+type fixedSource struct {
+	mu   sync.Mutex
+	snap *Snapshot
+}
+
+func (f *fixedSource) Snapshot() *Snapshot {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.snap
+}
+
+func (f *fixedSource) set(s *Snapshot) {
+	f.mu.Lock()
+	f.snap = s
+	f.mu.Unlock()
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestLoopSyncsOnRequestAndCollapsesBursts(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fake := iptables.NewFake()
+	src := &fixedSource{snap: NewSnapshot()}
+	p := New(LoopConfig{MinSyncPeriod: 200 * time.Millisecond, SyncPeriod: time.Hour}, src, NewSyncer(defaultConfig(), fake))
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	select {
+	case <-p.Synced():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no initial sync")
+	}
+	_, _, before := p.Status()
+
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	src.set(snap)
+	for i := 0; i < 50; i++ {
+		p.RequestSync()
+	}
+	web := ServiceChainName(spn("web", "http"))
+	waitFor(t, "the requested sync", 10*time.Second, func() bool {
+		return len(fake.Snapshot().ChainNames(TableNAT, web)) == 1
+	})
+	_, err, after := p.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 50 requests in a burst collapse into at most two syncs (one may
+	// already have been waiting out the minimum period).
+	if after-before > 2 {
+		t.Errorf("%d syncs for one burst of requests", after-before)
+	}
+	cancel()
+	<-done
+}

@@ -1,0 +1,107 @@
+package watch
+
+import (
+	"sync/atomic"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+
+	"github.com/switchyard-proxy/switchyard/pkg/proxier"
+)
+
+type recordingReporter struct{ reasons []string }
+
+func (r *recordingReporter) Warn(_ any, reason, _ string) { r.reasons = append(r.reasons, reason) }
+
+func svc(name string) *v1.Service {
+	return &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec: v1.ServiceSpec{ClusterIP: "10.96.0.1", ClusterIPs: []string{"10.96.0.1"},
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	}
+}
+
+func slice(name, service string, ips ...string) *discovery.EndpointSlice {
+	s := &discovery.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: name, Labels: map[string]string{discovery.LabelServiceName: service}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)}},
+	}
+	for _, ip := range ips {
+		s.Endpoints = append(s.Endpoints, discovery.Endpoint{Addresses: []string{ip}})
+	}
+	return s
+}
+
+var web = proxier.ServicePortName{Namespace: "default", Name: "web", Port: "http", Protocol: v1.ProtocolTCP}
+
+func TestTrackerMergesSlicesAndRequestsSyncs(t *testing.T) {
+	var syncs atomic.Int32
+	rep := &recordingReporter{}
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", func() { syncs.Add(1) }, rep)
+
+	tr.UpdateSlice(slice("web-1", "web", "10.0.0.1", "10.0.0.2"))
+	if snap := tr.Snapshot(); len(snap.Services) != 0 {
+		t.Error("endpoints without a Service produced a Service")
+	}
+	tr.UpdateService(svc("web"))
+	tr.UpdateSlice(slice("web-2", "web", "10.0.0.2", "10.0.0.3"))
+	snap := tr.Snapshot()
+	if got := len(snap.Endpoints[web]); got != 3 {
+		t.Errorf("merged endpoints = %d, want 3 (10.0.0.2 only once)", got)
+	}
+	if syncs.Load() != 3 {
+		t.Errorf("sync requests = %d, want one per change", syncs.Load())
+	}
+
+	tr.DeleteSlice("default", "web-1")
+	if got := len(tr.Snapshot().Endpoints[web]); got != 2 {
+		t.Errorf("after deleting a slice: %d endpoints, want 2", got)
+	}
+	// A slice moved to another Service leaves the first.
+	tr.UpdateSlice(slice("web-2", "other", "10.0.0.2"))
+	if got := len(tr.Snapshot().Endpoints[web]); got != 0 {
+		t.Errorf("slice relabelled away still counted: %d", got)
+	}
+	tr.DeleteService("default", "web")
+	if len(tr.Snapshot().Services) != 0 {
+		t.Error("deleted Service still present")
+	}
+
+	// Bad input is reported and the rest still works.
+	bad := slice("web-3", "web", "10.0.0.9", "nope")
+	tr.UpdateService(svc("web"))
+	tr.UpdateSlice(bad)
+	if got := len(tr.Snapshot().Endpoints[web]); got != 1 {
+		t.Errorf("valid endpoint of a partly bad slice lost: %d", got)
+	}
+	if len(rep.reasons) != 1 || rep.reasons[0] != "InvalidEndpointSlice" {
+		t.Errorf("reported %v", rep.reasons)
+	}
+}
+
+func TestTrackerNode(t *testing.T) {
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
+	if tr.Snapshot().Node.Known {
+		t.Error("node known before it was seen")
+	}
+	n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Labels: map[string]string{proxier.LabelZone: "z1"}},
+		Status: v1.NodeStatus{Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: "192.168.1.1"}, {Type: v1.NodeHostName, Address: "node-a"}}}}
+	tr.UpdateNode(n)
+	other := n.DeepCopy()
+	other.Name = "node-b"
+	other.Labels[proxier.LabelZone] = "z2"
+	tr.UpdateNode(other)
+	got := tr.Snapshot().Node
+	if !got.Known || got.Zone != "z1" || len(got.Addresses) != 1 {
+		t.Errorf("node = %+v", got)
+	}
+	tr.DeleteNode("node-a")
+	if tr.Snapshot().Node.Known {
+		t.Error("node still known after deletion")
+	}
+}
