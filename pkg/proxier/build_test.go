@@ -33,7 +33,10 @@ func TestFilterSkipsWhatKubeProxySkips(t *testing.T) {
 		skip   bool
 	}{
 		{"plain", Filter{}, service("a", nil), false},
-		{"headless", Filter{}, service("a", func(s *v1.Service) { s.Spec.ClusterIP = v1.ClusterIPNone; s.Spec.ClusterIPs = []string{v1.ClusterIPNone} }), true},
+		{"headless", Filter{}, service("a", func(s *v1.Service) {
+			s.Spec.ClusterIP = v1.ClusterIPNone
+			s.Spec.ClusterIPs = []string{v1.ClusterIPNone}
+		}), true},
 		{"external name", Filter{}, service("a", func(s *v1.Service) { s.Spec.Type = v1.ServiceTypeExternalName; s.Spec.ClusterIP = "" }), true},
 		{"other proxy", Filter{}, service("a", func(s *v1.Service) { s.Labels = map[string]string{LabelServiceProxyName: "x"} }), true},
 		{"ours by name", Filter{ProxyName: "switchyard"}, service("a", func(s *v1.Service) { s.Labels = map[string]string{LabelServiceProxyName: "switchyard"} }), false},
