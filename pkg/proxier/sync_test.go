@@ -13,6 +13,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+	"github.com/switchyard-proxy/switchyard/test/wait"
 )
 
 func spn(name, port string) ServicePortName {
@@ -301,18 +302,6 @@ func (f *fixedSource) set(s *Snapshot) {
 	f.mu.Unlock()
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestLoopSyncsOnRequestAndCollapsesBursts(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -335,7 +324,7 @@ func TestLoopSyncsOnRequestAndCollapsesBursts(t *testing.T) {
 		p.RequestSync()
 	}
 	web := ServiceChainName(spn("web", "http"))
-	waitFor(t, "the requested sync", 10*time.Second, func() bool {
+	wait.For(t, "the requested sync", 10*time.Second, func() bool {
 		return len(fake.Snapshot().ChainNames(TableNAT, web)) == 1
 	})
 	_, err, after := p.Status()

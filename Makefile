@@ -1,0 +1,42 @@
+# switchyard: a kube-proxy replacement that programs Services with iptables.
+SHELL := /bin/bash
+GO ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+export PATH := $(PATH):/usr/local/go/bin:/usr/sbin:/sbin
+
+.PHONY: all setup build test lint unit integration golden clean
+
+all: build
+
+## setup: install the packages the tests need (iptables, iproute2, conntrack)
+setup:
+	./hack/setup.sh
+
+## build: build bin/switchyard
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/switchyard ./cmd/switchyard
+
+## test: everything CI runs: setup, lint, unit tests, real-iptables tests
+test: setup lint unit integration
+
+## lint: gofmt check and go vet
+lint:
+	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+## unit: unit tests (no root needed)
+unit:
+	$(GO) test -count=1 ./pkg/... ./cmd/...
+
+## integration: real iptables (both backends) and real packets in network namespaces (root)
+integration:
+	$(GO) test -count=1 -timeout 10m ./test/integration/...
+
+## golden: rewrite the golden restore text after an intended change
+golden:
+	$(GO) test ./pkg/proxier -run TestGolden -update
+
+clean:
+	rm -rf bin

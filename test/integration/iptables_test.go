@@ -1,0 +1,313 @@
+// Package integration runs switchyard's rules through the real iptables of
+// both backends in throwaway network namespaces, and sends real packets
+// through them. The tests need root; without it they skip, except under CI.
+package integration
+
+import (
+	"context"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+	"github.com/switchyard-proxy/switchyard/pkg/manifest"
+	"github.com/switchyard-proxy/switchyard/pkg/proxier"
+	"github.com/switchyard-proxy/switchyard/test/netns"
+)
+
+var binary string // the switchyard binary, built once by TestMain
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "switchyard-it")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "switchyard")
+	out, err := exec.Command("go", "build", "-o", binary, "../../cmd/switchyard").CombinedOutput()
+	if err != nil {
+		os.Stderr.Write(out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var backends = []iptables.Backend{iptables.BackendLegacy, iptables.BackendNFT}
+
+func cfg() proxier.RenderConfig {
+	return proxier.RenderConfig{Family: v1.IPv4Protocol, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), MasqueradeBit: 14}
+}
+
+func snapshot(services map[string]int) *proxier.Snapshot {
+	snap := proxier.NewSnapshot()
+	i := 0
+	names := make([]string, 0, len(services))
+	for n := range services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		i++
+		sp := proxier.ServicePortName{Namespace: "default", Name: name, Port: "http", Protocol: v1.ProtocolTCP}
+		snap.Services[sp] = &proxier.ServicePort{Name: sp, Port: 80, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 0, byte(i)})}}
+		for e := 0; e < services[name]; e++ {
+			snap.Endpoints[sp] = append(snap.Endpoints[sp], proxier.Endpoint{
+				Addr: netip.AddrFrom4([4]byte{10, 244, byte(i), byte(e + 1)}), Port: 8080, Ready: true, Serving: true})
+		}
+	}
+	return snap
+}
+
+// hostChains reads the namespace's SWY- chains and the number of rules in
+// each, per table, and the jumps from built-in chains to ours.
+func hostChains(t *testing.T, r *iptables.Runner) (map[string]map[string]int, []string) {
+	t.Helper()
+	chains := map[string]map[string]int{}
+	var jumps []string
+	for _, table := range []string{"nat", "filter"} {
+		out, err := r.Save(context.Background(), table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs, err := iptables.ParseSave(string(out))
+		if err != nil {
+			t.Fatalf("our parser rejects real save output: %v\n%s", err, out)
+		}
+		chains[table] = map[string]int{}
+		for _, name := range rs.ChainNames(table, proxier.ChainPrefix) {
+			chains[table][name] = len(rs.Tables[table].Chains[name].Rules)
+		}
+		for _, c := range rs.Tables[table].Chains {
+			if !c.Builtin {
+				continue
+			}
+			for _, rule := range c.Rules {
+				if strings.HasPrefix(rule.Target, proxier.ChainPrefix) {
+					jumps = append(jumps, table+"/"+c.Name+"->"+rule.Target)
+				}
+			}
+		}
+	}
+	sort.Strings(jumps)
+	return chains, jumps
+}
+
+func wantChains(r *proxier.Rules) map[string]map[string]int {
+	out := map[string]map[string]int{}
+	for _, t := range r.Tables {
+		out[t.Name] = map[string]int{}
+		for _, c := range t.Chains {
+			out[t.Name][c.Name] = len(c.Rules)
+		}
+	}
+	return out
+}
+
+func wantJumps() []string {
+	var out []string
+	for _, j := range proxier.BaseJumps() {
+		out = append(out, j.Table+"/"+j.Chain+"->"+j.Target)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func sameChains(t *testing.T, step string, got, want map[string]map[string]int) {
+	t.Helper()
+	for _, table := range []string{"nat", "filter"} {
+		for name, n := range want[table] {
+			if got[table][name] != n {
+				t.Errorf("%s: %s chain %s has %d rules on the host, want %d", step, table, name, got[table][name], n)
+			}
+		}
+		for name := range got[table] {
+			if _, ok := want[table][name]; !ok {
+				t.Errorf("%s: %s chain %s leaked", step, table, name)
+			}
+		}
+	}
+}
+
+// foreign is what another program (kube-proxy, a firewall) has in the
+// namespace before switchyard arrives; it must survive everything.
+const foreign = `*filter
+:FORWARD DROP [0:0]
+:KUBE-FIREWALL - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -j DROP
+COMMIT
+*nat
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.96.200.1/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.200.1:80
+COMMIT
+`
+
+func saveAll(t *testing.T, r *iptables.Runner) string {
+	t.Helper()
+	var b strings.Builder
+	for _, table := range []string{"nat", "filter"} {
+		out, err := r.Save(context.Background(), table)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if !strings.HasPrefix(l, "#") {
+				b.WriteString(l + "\n")
+			}
+		}
+	}
+	return b.String()
+}
+
+func TestRealIptablesSyncsLeaveExactlyTheExpectedChains(t *testing.T) {
+	netns.RequireRoot(t, "iptables-legacy-restore", "iptables-nft-restore")
+	for _, backend := range backends {
+		t.Run(string(backend), func(t *testing.T) {
+			ns := netns.New(t, "ipt")
+			err := ns.Do(func() error {
+				ctx := context.Background()
+				r, err := iptables.NewRunner(ctx, iptables.IPv4, backend)
+				if err != nil {
+					return err
+				}
+				if r.Backend() != backend {
+					t.Fatalf("runner uses %s, want %s", r.Backend(), backend)
+				}
+				if err := r.Restore(ctx, []byte(foreign)); err != nil {
+					return err
+				}
+				before := saveAll(t, r)
+
+				s := proxier.NewSyncer(cfg(), r)
+				steps := []struct {
+					name     string
+					services map[string]int
+				}{
+					{"create", map[string]int{"web": 2, "db": 3, "empty": 0}},
+					{"scale and replace", map[string]int{"web": 5, "db": 1, "cache": 2, "empty": 0}},
+					{"endpoints gone", map[string]int{"web": 0, "db": 1, "cache": 2}},
+					{"delete all", map[string]int{}},
+					{"recreate", map[string]int{"web": 2, "db": 3}},
+				}
+				for _, st := range steps {
+					snap := snapshot(st.services)
+					if _, err := s.Sync(ctx, snap); err != nil {
+						t.Fatalf("%s: %v", st.name, err)
+					}
+					got, jumps := hostChains(t, r)
+					sameChains(t, st.name, got, wantChains(proxier.Render(snap, cfg())))
+					if strings.Join(jumps, ",") != strings.Join(wantJumps(), ",") {
+						t.Errorf("%s: jumps %v, want %v", st.name, jumps, wantJumps())
+					}
+				}
+
+				// A restart: a new syncer adopts the rules (full sync, no
+				// flush first) and neither duplicates jumps nor leaks chains.
+				restarted := proxier.NewSyncer(cfg(), r)
+				snap := snapshot(map[string]int{"web": 2})
+				res, err := restarted.Sync(ctx, snap)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !res.Full {
+					t.Error("first sync after restart was not full")
+				}
+				got, jumps := hostChains(t, r)
+				sameChains(t, "restart", got, wantChains(proxier.Render(snap, cfg())))
+				if strings.Join(jumps, ",") != strings.Join(wantJumps(), ",") {
+					t.Errorf("restart: jumps %v, want %v", jumps, wantJumps())
+				}
+				if ok, err := restarted.Check(ctx); !ok || err != nil {
+					t.Errorf("check after restart: %v %v", ok, err)
+				}
+
+				// Someone flushes nat PREROUTING: the check notices, a full sync repairs.
+				if err := r.Restore(ctx, []byte("*nat\n-F PREROUTING\nCOMMIT\n")); err != nil {
+					return err
+				}
+				if ok, _ := restarted.Check(ctx); ok {
+					t.Error("check missed a flushed PREROUTING")
+				}
+				if _, err := restarted.Sync(ctx, snap); err != nil {
+					t.Fatal(err)
+				}
+				if ok, _ := restarted.Check(ctx); !ok {
+					t.Error("full sync did not restore the jumps")
+				}
+				// Put kube-proxy's jump back as it was (we flushed it above).
+				if err := r.Restore(ctx, []byte("*nat\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n")); err != nil {
+					return err
+				}
+
+				// cleanup leaves the namespace as it found it.
+				out, err := exec.Command(binary, "cleanup").CombinedOutput()
+				if err != nil {
+					t.Fatalf("switchyard cleanup: %v\n%s", err, out)
+				}
+				after := saveAll(t, r)
+				if normalise(after) != normalise(before) {
+					t.Errorf("cleanup did not restore the namespace:\nbefore:\n%s\nafter:\n%s", before, after)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// normalise drops counters and orders lines within each table, since the
+// order of jumps inserted at the top of built-in chains may differ.
+func normalise(save string) string {
+	var lines []string
+	for _, l := range strings.Split(save, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			if strings.HasPrefix(l, ":") {
+				l = l[:strings.LastIndex(l, " ")]
+			}
+			lines = append(lines, l)
+		}
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+// Everything in the golden catalogue must be accepted by the real
+// iptables-restore of both backends (checked with --test, nothing applied)
+// and then applied for real into a fresh namespace.
+func TestRealIptablesAcceptsRenderedCatalogue(t *testing.T) {
+	netns.RequireRoot(t, "iptables-legacy-restore", "iptables-nft-restore")
+	files, err := filepath.Glob("../../pkg/proxier/testdata/objects/*.yaml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no catalogue: %v", err)
+	}
+	for _, backend := range backends {
+		for _, f := range files {
+			t.Run(string(backend)+"/"+filepath.Base(f), func(t *testing.T) {
+				objs, err := manifest.Load([]string{f}, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				snap, _ := proxier.SnapshotFromObjects(proxier.Filter{}, "node-a", objs.Services, objs.Slices, objs.Nodes)
+				text := proxier.RestoreText(proxier.Render(snap, cfg()))
+				ns := netns.New(t, "cat")
+				restore := "iptables-" + string(backend) + "-restore"
+				if out, err := ns.RunInput([]byte(text), restore, "--test", "--noflush"); err != nil {
+					t.Fatalf("%s --test rejects the rendered rules: %v\n%s\n%s", restore, err, out, text)
+				}
+				if out, err := ns.RunInput([]byte(text), restore, "--noflush"); err != nil {
+					t.Fatalf("%s rejects the rendered rules: %v\n%s", restore, err, out)
+				}
+			})
+		}
+	}
+}
