@@ -311,3 +311,34 @@ func TestRealIptablesAcceptsRenderedCatalogue(t *testing.T) {
 		}
 	}
 }
+
+// Backend detection picks whichever backend already holds the node's rules.
+func TestRealBackendDetection(t *testing.T) {
+	netns.RequireRoot(t, "iptables-legacy-restore", "iptables-nft-restore")
+	seed := "*nat\n:KUBE-SERVICES - [0:0]\n-A PREROUTING -j KUBE-SERVICES\nCOMMIT\n"
+	for _, c := range []struct {
+		seedWith string
+		want     iptables.Backend
+	}{
+		{"", iptables.BackendNFT},
+		{"iptables-legacy-restore", iptables.BackendLegacy},
+		{"iptables-nft-restore", iptables.BackendNFT},
+	} {
+		ns := netns.New(t, "detect")
+		if c.seedWith != "" {
+			if out, err := ns.RunInput([]byte(seed), c.seedWith, "--noflush"); err != nil {
+				t.Fatalf("seeding: %v\n%s", err, out)
+			}
+		}
+		var got iptables.Backend
+		if err := ns.Do(func() error {
+			got = iptables.DetectBackend(context.Background(), iptables.IPv4)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if got != c.want {
+			t.Errorf("seeded with %q: detected %s, want %s", c.seedWith, got, c.want)
+		}
+	}
+}
