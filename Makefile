@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin:/usr/sbin:/sbin
 
-.PHONY: all setup build test lint unit integration golden clean
+.PHONY: all setup build test lint unit integration e2e e2e-tools run golden clean
 
 all: build
 
@@ -17,8 +17,8 @@ setup:
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/switchyard ./cmd/switchyard
 
-## test: everything CI runs: setup, lint, unit tests, real-iptables tests
-test: setup lint unit integration
+## test: everything CI runs: setup, lint, unit, real-iptables and e2e tests
+test: setup lint unit integration e2e
 
 ## lint: gofmt check and go vet
 lint:
@@ -33,6 +33,14 @@ unit:
 ## integration: real iptables (both backends) and real packets in network namespaces (root)
 integration:
 	$(GO) test -count=1 -timeout 10m ./test/integration/...
+
+## e2e-tools: build kube-apiserver, kube-controller-manager, kube-proxy v1.36.3 (cached)
+e2e-tools:
+	./test/e2e/tools/build.sh
+
+## e2e: the local cluster suite (root): real control plane, netns nodes, real packets
+e2e: e2e-tools
+	$(GO) test -count=1 -timeout 30m ./test/e2e/...
 
 ## golden: rewrite the golden restore text after an intended change
 golden:

@@ -104,7 +104,7 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("setting up iptables: %w", err)
 		}
-		logger.Info("Using iptables", "backend", runner.Backend(), "family", runner.Family())
+		logger.Info("Using iptables", "backend", runner.Backend(), "family", runner.Family(), "why", runner.BackendReason())
 		host = runner
 	}
 

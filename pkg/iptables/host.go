@@ -77,6 +77,7 @@ type Runner struct {
 	restore string
 	save    string
 	ipt     *goipt.IPTables
+	reason  string
 	// mu serialises our own invocations; the xtables lock (-w) guards
 	// against other programs.
 	mu sync.Mutex
@@ -97,8 +98,9 @@ func binaries(family Family, backend Backend) (string, string, string) {
 // NewRunner returns a runner for the given family, detecting the backend
 // when asked for auto.
 func NewRunner(ctx context.Context, family Family, backend Backend) (*Runner, error) {
+	reason := "forced"
 	if backend == "" || backend == BackendAuto {
-		backend = DetectBackend(ctx, family)
+		backend, reason = DetectBackendWithReason(ctx, family)
 	}
 	cmd, save, restore := binaries(family, backend)
 	path, err := exec.LookPath(cmd)
@@ -119,8 +121,11 @@ func NewRunner(ctx context.Context, family Family, backend Backend) (*Runner, er
 	if err != nil {
 		return nil, fmt.Errorf("using %s: %w", path, err)
 	}
-	return &Runner{family: family, backend: backend, restore: restore, save: save, ipt: ipt}, nil
+	return &Runner{family: family, backend: backend, restore: restore, save: save, ipt: ipt, reason: reason}, nil
 }
+
+// BackendReason says why the backend was chosen.
+func (r *Runner) BackendReason() string { return r.reason }
 
 // Backend returns the backend in use.
 func (r *Runner) Backend() Backend { return r.backend }
@@ -132,6 +137,12 @@ func (r *Runner) Family() Family { return r.family }
 // more rules (kube-proxy's and ours count most), nft when both are empty or
 // only one is installed.
 func DetectBackend(ctx context.Context, family Family) Backend {
+	b, _ := DetectBackendWithReason(ctx, family)
+	return b
+}
+
+// DetectBackendWithReason is DetectBackend that also says why, for the log.
+func DetectBackendWithReason(ctx context.Context, family Family) (Backend, string) {
 	_, legacySave, _ := binaries(family, BackendLegacy)
 	_, nftSave, _ := binaries(family, BackendNFT)
 	count := func(bin string) int {
@@ -152,15 +163,17 @@ func DetectBackend(ctx context.Context, family Family) Backend {
 		// Only plain iptables: ask it which it is.
 		plain, _, _ := binaries(family, "")
 		out, _ := exec.CommandContext(ctx, plain, "--version").Output()
+		why := fmt.Sprintf("only %s is installed: %s", plain, strings.TrimSpace(string(out)))
 		if strings.Contains(string(out), "legacy") {
-			return BackendLegacy
+			return BackendLegacy, why
 		}
-		return BackendNFT
+		return BackendNFT, why
 	}
+	why := fmt.Sprintf("rule score legacy=%d nft=%d (-1: not usable)", legacy, nft)
 	if legacy > nft {
-		return BackendLegacy
+		return BackendLegacy, why
 	}
-	return BackendNFT
+	return BackendNFT, why
 }
 
 // scoreSave counts the rules in save output, weighting the chains of a

@@ -6,8 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -129,25 +127,10 @@ func TestSmokeRealPackets(t *testing.T) {
 			t.Fatal(err)
 		}
 		snap, _ := proxier.SnapshotFromObjects(proxier.Filter{}, "node-a", objs.Services, objs.Slices, objs.Nodes)
-		stop := make(chan struct{})
-		var failures []error
-		var requests atomic.Int32
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 5000; i++ { // bounded
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if _, err := client.GetTCP("10.96.0.10:80", 2*time.Second); err != nil {
-					failures = append(failures, err)
-				}
-				requests.Add(1)
-			}
-		}()
+		load := netns.StartLoad(5000, func() error {
+			_, err := client.GetTCP("10.96.0.10:80", 2*time.Second)
+			return err
+		})
 		err = node.Do(func() error {
 			ctx := context.Background()
 			r, err := iptables.NewRunner(ctx, iptables.IPv4, iptables.BackendAuto)
@@ -156,7 +139,7 @@ func TestSmokeRealPackets(t *testing.T) {
 			}
 			// Restart until at least 50 requests overlapped the restarts
 			// (bounded: at most 200 restarts).
-			for i := 0; i < 200 && requests.Load() < 50; i++ {
+			for i := 0; i < 200 && load.Requests() < 50; i++ {
 				s := proxier.NewSyncer(cfg(), r) // a fresh process each time
 				if res, err := s.Sync(ctx, snap); err != nil || !res.Full {
 					return errors.Join(err, errors.New("expected a successful full sync"))
@@ -164,16 +147,15 @@ func TestSmokeRealPackets(t *testing.T) {
 			}
 			return nil
 		})
-		close(stop)
-		wg.Wait()
+		requests, failures, firstErr := load.Stop()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if requests.Load() < 50 {
-			t.Fatalf("only %d requests overlapped the restarts", requests.Load())
+		if requests < 50 {
+			t.Fatalf("only %d requests overlapped the restarts", requests)
 		}
-		if len(failures) > 0 {
-			t.Errorf("%d of %d requests failed during restarts: %v", len(failures), requests.Load(), failures[0])
+		if failures > 0 {
+			t.Errorf("%d of %d requests failed during restarts: %v", failures, requests, firstErr)
 		}
 		reachAll(t, client.NS, "10.96.0.10:80", servers, 100)
 	})

@@ -2,26 +2,27 @@ package netns
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
-	"testing"
 	"time"
 )
 
-// ServeTCP starts a TCP server inside the namespace on addr (e.g.
-// ":8080") that answers every connection with "NAME CLIENT-IP\n" and
-// closes it. It stops when the test ends.
-func (n *NS) ServeTCP(t testing.TB, addr, name string) {
+// ServeTCP starts a TCP server inside the namespace on addr (e.g. ":8080")
+// that answers every connection with "NAME CLIENT-IP\n" and closes it. It
+// returns a function that stops it; cleanup stops it too.
+func (n *NS) ServeTCP(t T, addr, name string) func() {
 	t.Helper()
 	var ln net.Listener
 	if err := n.Do(func() (err error) {
 		ln, err = net.Listen("tcp", addr)
 		return err
 	}); err != nil {
-		t.Fatalf("listening in %s: %v", n.Name, err)
+		t.Fatalf("listening on tcp %s in %s: %v", addr, n.Name, err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	stop := func() { ln.Close() }
+	t.Cleanup(stop)
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -33,12 +34,48 @@ func (n *NS) ServeTCP(t testing.TB, addr, name string) {
 			c.Close()
 		}
 	}()
+	return stop
+}
+
+// ServeUDP starts a UDP server inside the namespace on addr that answers
+// every datagram with "NAME CLIENT-IP\n".
+func (n *NS) ServeUDP(t T, addr, name string) func() {
+	t.Helper()
+	var pc net.PacketConn
+	if err := n.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp", addr)
+		return err
+	}); err != nil {
+		t.Fatalf("listening on udp %s in %s: %v", addr, n.Name, err)
+	}
+	stop := func() { pc.Close() }
+	t.Cleanup(stop)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			host, _, _ := net.SplitHostPort(from.String())
+			_, _ = pc.WriteTo([]byte(fmt.Sprintf("%s %s\n", name, host)), from)
+		}
+	}()
+	return stop
 }
 
 // Answer is what a test server said: its name and the client address it saw.
 type Answer struct {
 	Server string
 	Client string
+}
+
+func parseAnswer(line, addr string) (Answer, error) {
+	f := strings.Fields(line)
+	if len(f) != 2 {
+		return Answer{}, fmt.Errorf("bad answer %q from %s", line, addr)
+	}
+	return Answer{Server: f[0], Client: f[1]}, nil
 }
 
 // GetTCP connects from inside the namespace and reads the server's answer.
@@ -55,12 +92,40 @@ func (n *NS) GetTCP(addr string, timeout time.Duration) (Answer, error) {
 		if err != nil {
 			return fmt.Errorf("reading answer from %s: %w", addr, err)
 		}
-		f := strings.Fields(line)
-		if len(f) != 2 {
-			return fmt.Errorf("bad answer %q from %s", line, addr)
+		a, err = parseAnswer(line, addr)
+		return err
+	})
+	return a, err
+}
+
+// ErrNoAnswer is returned by GetUDP when no datagram came back in time.
+var ErrNoAnswer = errors.New("no answer")
+
+// GetUDP sends one datagram from a new socket (so a new conntrack flow)
+// inside the namespace and reads the answer.
+func (n *NS) GetUDP(addr string, timeout time.Duration) (Answer, error) {
+	var a Answer
+	err := n.Do(func() error {
+		c, err := net.Dial("udp", addr)
+		if err != nil {
+			return err
 		}
-		a = Answer{Server: f[0], Client: f[1]}
-		return nil
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		if _, err := c.Write([]byte("hello\n")); err != nil {
+			return err
+		}
+		buf := make([]byte, 2048)
+		m, err := c.Read(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return fmt.Errorf("udp %s: %w", addr, ErrNoAnswer)
+			}
+			return err
+		}
+		a, err = parseAnswer(string(buf[:m]), addr)
+		return err
 	})
 	return a, err
 }

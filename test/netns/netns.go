@@ -1,7 +1,7 @@
 // Package netns builds throwaway network namespaces for tests that need
-// real iptables and real packets: nodes, pods and links between them. It
-// runs `ip` from iproute2 and switches threads into namespaces with setns;
-// nothing it creates outlives the test.
+// real iptables and real packets: nodes, pods, an underlay bridge and the
+// links between them. It runs `ip` from iproute2 and switches threads into
+// namespaces with setns; nothing it creates outlives its owner's cleanup.
 package netns
 
 import (
@@ -11,16 +11,35 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
 	"golang.org/x/sys/unix"
 )
 
+// T is what the helpers need from their owner: testing.TB has it, and the
+// local cluster behind `make run` provides its own.
+type T interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // RequireRoot skips the test when it cannot create namespaces, with the
 // reason, except under CI (CI set), where it fails: CI must run these.
 func RequireRoot(t testing.TB, tools ...string) {
 	t.Helper()
+	if msg := Missing(tools...); msg != "" {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set and this test cannot run: %s", msg)
+		}
+		t.Skip(msg)
+	}
+}
+
+// Missing says what is missing to run namespace tests (root, tools), or "".
+func Missing(tools ...string) string {
 	var missing []string
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root")
@@ -31,27 +50,46 @@ func RequireRoot(t testing.TB, tools ...string) {
 		}
 	}
 	if len(missing) == 0 {
-		return
+		return ""
 	}
-	msg := fmt.Sprintf("needs %s (run `make setup` as root)", strings.Join(missing, ", "))
-	if os.Getenv("CI") != "" {
-		t.Fatalf("CI is set and this test cannot run: %s", msg)
-	}
-	t.Skip(msg)
+	return fmt.Sprintf("needs %s (run `make setup` as root)", strings.Join(missing, ", "))
 }
 
 var counter atomic.Int32
 
-// NS is one network namespace.
+// NS is one network namespace. The zero Name means the root namespace.
 type NS struct {
 	Name string
-	t    testing.TB
+	t    T
 }
 
-// New creates a namespace with loopback up; it is deleted when the test ends.
-func New(t testing.TB, role string) *NS {
+// Root is the root network namespace (for attaching it to an underlay).
+func Root(t T) *NS { return &NS{t: t} }
+
+// New creates a uniquely named namespace for a role ("node", "pod", ...).
+func New(t T, role string) *NS {
 	t.Helper()
-	name := fmt.Sprintf("swy-%s-%d-%d", role, os.Getpid()%100000, counter.Add(1))
+	return NewNamed(t, UniqueName(role))
+}
+
+// UniqueName returns a namespace name for a role, unique on this machine.
+func UniqueName(role string) string {
+	return fmt.Sprintf("swy-%s-%d-%d", role, os.Getpid()%100000, counter.Add(1))
+}
+
+// Delete removes the namespace now (cleanup would do it later).
+func (n *NS) Delete() error {
+	if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip netns del %s: %w: %s", n.Name, err, out)
+	}
+	return nil
+}
+
+// NewNamed creates the namespace name (replacing a stale one left by a
+// killed run) with loopback up; it is deleted at cleanup.
+func NewNamed(t T, name string) *NS {
+	t.Helper()
+	_ = exec.Command("ip", "netns", "del", name).Run()
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
 	}
@@ -61,6 +99,16 @@ func New(t testing.TB, role string) *NS {
 	return n
 }
 
+func (n *NS) command(args ...string) *exec.Cmd {
+	if n.Name == "" {
+		return exec.Command(args[0], args[1:]...)
+	}
+	return exec.Command("ip", append([]string{"netns", "exec", n.Name}, args...)...)
+}
+
+// Command returns a command that runs inside the namespace.
+func (n *NS) Command(args ...string) *exec.Cmd { return n.command(args...) }
+
 // Run runs a command inside the namespace and returns its combined output.
 func (n *NS) Run(args ...string) (string, error) {
 	return n.RunInput(nil, args...)
@@ -68,93 +116,170 @@ func (n *NS) Run(args ...string) (string, error) {
 
 // RunInput is Run with stdin.
 func (n *NS) RunInput(stdin []byte, args ...string) (string, error) {
-	cmd := exec.Command("ip", append([]string{"netns", "exec", n.Name}, args...)...)
+	cmd := n.command(args...)
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("%s in %s: %w: %s", strings.Join(args, " "), n.Name, err, out)
+		where := n.Name
+		if where == "" {
+			where = "the root namespace"
+		}
+		return string(out), fmt.Errorf("%s in %s: %w: %s", strings.Join(args, " "), where, err, out)
 	}
 	return string(out), nil
 }
 
-// MustRun is Run that fails the test on error.
+// MustRun is Run that fails the owner on error.
 func (n *NS) MustRun(args ...string) string {
 	n.t.Helper()
 	out, err := n.Run(args...)
 	if err != nil {
-		n.t.Fatal(err)
+		n.t.Fatalf("%v", err)
 	}
 	return out
 }
 
 // Do runs fn on an OS thread inside the namespace. Sockets fn opens belong
 // to the namespace for their whole life, and processes it starts run in it.
-// The thread is never returned to the Go scheduler's pool: it ends with fn.
+// Afterwards the thread goes back to its own namespace and to the Go
+// scheduler; if that fails the thread is discarded instead (it ends with
+// the goroutine), so no other goroutine ever runs in the wrong namespace.
+// (Threads must not end needlessly: a child started with Pdeathsig dies
+// with the thread that forked it.)
 func (n *NS) Do(fn func() error) error {
+	if n.Name == "" {
+		return fn()
+	}
 	errc := make(chan error, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with this goroutine
+		runtime.LockOSThread()
+		orig, err := unix.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("opening this thread's namespace: %w", err)
+			return
+		}
+		defer unix.Close(orig)
 		fd, err := unix.Open("/var/run/netns/"+n.Name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("opening namespace %s: %w", n.Name, err)
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("entering namespace %s: %w", n.Name, err)
 			return
 		}
-		errc <- fn()
+		err = fn()
+		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		} // else: stay locked; the thread is discarded when this goroutine ends
+		errc <- err
 	}()
 	return <-errc
 }
 
-// Veth joins two namespaces with a veth pair named aIf (in a) and bIf (in b).
-func Veth(t testing.TB, a *NS, aIf string, b *NS, bIf string) {
+// Veth joins two namespaces with a veth pair named aIf (in a) and bIf (in
+// b), both up. Deleting either namespace removes the pair; a pair with one
+// end in the root namespace is deleted at cleanup.
+func Veth(t T, a *NS, aIf string, b *NS, bIf string) {
 	t.Helper()
-	tmp := fmt.Sprintf("swyv%d", counter.Add(1))
+	tmp := fmt.Sprintf("swyv%d-%d", os.Getpid()%100000, counter.Add(1))
 	if out, err := exec.Command("ip", "link", "add", tmp, "type", "veth", "peer", "name", tmp+"p").CombinedOutput(); err != nil {
 		t.Fatalf("creating veth: %v: %s", err, out)
 	}
-	for _, step := range [][]string{
-		{"ip", "link", "set", tmp, "netns", a.Name},
-		{"ip", "link", "set", tmp + "p", "netns", b.Name},
-		{"ip", "netns", "exec", a.Name, "ip", "link", "set", tmp, "name", aIf},
-		{"ip", "netns", "exec", b.Name, "ip", "link", "set", tmp + "p", "name", bIf},
-		{"ip", "netns", "exec", a.Name, "ip", "link", "set", aIf, "up"},
-		{"ip", "netns", "exec", b.Name, "ip", "link", "set", bIf, "up"},
-	} {
+	move := func(ns *NS, dev, name string) [][]string {
+		var steps [][]string
+		if ns.Name != "" {
+			steps = append(steps, []string{"ip", "link", "set", dev, "netns", ns.Name})
+		}
+		return append(steps,
+			ns.command("ip", "link", "set", dev, "name", name).Args,
+			ns.command("ip", "link", "set", name, "up").Args)
+	}
+	steps := append(move(a, tmp, aIf), move(b, tmp+"p", bIf)...)
+	for _, step := range steps {
 		if out, err := exec.Command(step[0], step[1:]...).CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v: %s", strings.Join(step, " "), err, out)
 		}
 	}
+	if a.Name == "" || b.Name == "" {
+		rootIf := aIf
+		if b.Name == "" {
+			rootIf = bIf
+		}
+		t.Cleanup(func() { _ = exec.Command("ip", "link", "del", rootIf).Run() })
+	}
+}
+
+// Bridge is an underlay: a namespace holding one bridge that other
+// namespaces attach to.
+type Bridge struct {
+	*NS
+	ports int
+}
+
+// NewBridge creates the underlay namespace and its bridge.
+func NewBridge(t T, name string) *Bridge {
+	t.Helper()
+	b := &Bridge{NS: NewNamed(t, name)}
+	b.MustRun("ip", "link", "add", "br0", "type", "bridge")
+	b.MustRun("ip", "link", "set", "br0", "up")
+	return b
+}
+
+// Attach connects ns to the bridge with an interface ifname holding cidr
+// (e.g. "192.168.77.1/24").
+func (b *Bridge) Attach(t T, ns *NS, ifname, cidr string) {
+	t.Helper()
+	b.ports++
+	port := fmt.Sprintf("p%d", b.ports)
+	Veth(t, ns, ifname, b.NS, port)
+	b.MustRun("ip", "link", "set", port, "master", "br0")
+	ns.MustRun("ip", "addr", "add", cidr, "dev", ifname)
 }
 
 // Node is a node namespace with an underlay address and a default route,
-// ready to route to pods.
+// ready to route to its pods.
 type Node struct {
 	*NS
 	IP   string
-	pods int
+	pods int // interfaces ever created: names are never reused
+	mu   sync.Mutex
 }
 
-// NewNode creates a node namespace whose own address is ip (an IPv4
-// address), with forwarding on and a default route, as a real node has.
-func NewNode(t testing.TB, ip string) *Node {
+// NewNode creates a standalone node namespace whose own address is ip (an
+// IPv4 address), with forwarding on and a default route, as a real node
+// has. Its underlay is a veth whose peer stays in the node.
+func NewNode(t T, ip string) *Node {
 	t.Helper()
 	n := &Node{NS: New(t, "node"), IP: ip}
-	// A veth whose peer stays in the node: not every kernel has the dummy
-	// link type. Multi-node clusters attach the peer to a bridge instead.
 	n.MustRun("ip", "link", "add", "underlay0", "type", "veth", "peer", "name", "underlay0p")
 	n.MustRun("ip", "addr", "add", ip+"/24", "dev", "underlay0")
 	n.MustRun("ip", "link", "set", "underlay0", "up")
 	n.MustRun("ip", "link", "set", "underlay0p", "up")
-	gw := ip[:strings.LastIndex(ip, ".")] + ".254"
-	n.MustRun("ip", "route", "add", "default", "via", gw, "dev", "underlay0", "onlink")
-	n.MustRun("sysctl", "-qw", "net.ipv4.ip_forward=1")
+	n.finish(ip[:strings.LastIndex(ip, ".")]+".253", "underlay0")
 	return n
+}
+
+// NewNodeOn creates a node namespace called name on an underlay bridge,
+// with address ip/24 there and a default route via gw (an address nobody
+// answers for, so traffic for unknown destinations dies on the underlay).
+func NewNodeOn(t T, name string, underlay *Bridge, ip, gw string) *Node {
+	t.Helper()
+	n := &Node{NS: NewNamed(t, name), IP: ip}
+	underlay.Attach(t, n.NS, "eth0", ip+"/24")
+	n.finish(gw, "eth0")
+	return n
+}
+
+func (n *Node) finish(gw, dev string) {
+	n.MustRun("ip", "route", "add", "default", "via", gw, "dev", dev, "onlink")
+	n.MustRun("sysctl", "-qw", "net.ipv4.ip_forward=1")
 }
 
 // Pod is a pod namespace behind a node.
@@ -166,14 +291,31 @@ type Pod struct {
 // AddPod creates a pod namespace with address ip (/32) behind the node: a
 // veth, a host route on the node, and a default route in the pod via the
 // node's address.
-func (n *Node) AddPod(t testing.TB, ip string) *Pod {
+func (n *Node) AddPod(t T, ip string) *Pod {
 	t.Helper()
+	return n.AddPodNamed(t, UniqueName("pod"), ip)
+}
+
+// AddPodNamed is AddPod with the namespace name chosen by the caller.
+func (n *Node) AddPodNamed(t T, name, ip string) *Pod {
+	t.Helper()
+	n.mu.Lock()
 	n.pods++
-	p := &Pod{NS: New(t, "pod"), IP: ip}
 	hostIf := fmt.Sprintf("veth%d", n.pods)
+	n.mu.Unlock()
+	p := &Pod{NS: NewNamed(t, name), IP: ip}
 	Veth(t, n.NS, hostIf, p.NS, "eth0")
-	p.MustRun("ip", "addr", "add", ip+"/32", "dev", "eth0")
-	p.MustRun("ip", "route", "add", "default", "via", n.IP, "dev", "eth0", "onlink")
-	n.MustRun("ip", "route", "add", ip+"/32", "dev", hostIf)
+	for _, step := range []struct {
+		ns   *NS
+		args []string
+	}{
+		{p.NS, []string{"ip", "addr", "add", ip + "/32", "dev", "eth0"}},
+		{p.NS, []string{"ip", "route", "add", "default", "via", n.IP, "dev", "eth0", "onlink"}},
+		{n.NS, []string{"ip", "route", "add", ip + "/32", "dev", hostIf}},
+	} {
+		if _, err := step.ns.Run(step.args...); err != nil {
+			t.Fatalf("%v", err)
+		}
+	}
 	return p
 }

@@ -30,3 +30,14 @@ func Poll(timeout time.Duration, cond func() bool) bool {
 	}
 	return true
 }
+
+// Retry calls fn until it returns nil or timeout passes, returning the last
+// error.
+func Retry(timeout time.Duration, fn func() error) error {
+	var err error
+	Poll(timeout, func() bool {
+		err = fn()
+		return err == nil
+	})
+	return err
+}
