@@ -20,11 +20,14 @@ build:
 ## test: everything CI runs: setup, lint, unit, real-iptables and e2e tests
 test: setup lint unit integration e2e
 
-## lint: gofmt check and go vet
+## lint: gofmt, go vet (all modules), the kind config (kind's own types) and the workflow (actionlint)
 lint:
 	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd hack/tools && $(GO) vet ./...
+	cd hack/tools && $(GO) run ./kindconfig ../../test/e2e/kind/cluster.yaml
+	cd hack/tools && $(GO) run github.com/rhysd/actionlint/cmd/actionlint ../../.github/workflows/e2e-kind.yaml
 
 ## unit: unit tests (no root needed)
 unit:
@@ -33,6 +36,11 @@ unit:
 ## integration: real iptables (both backends) and real packets in network namespaces (root)
 integration:
 	$(GO) test -count=1 -timeout 10m ./test/integration/...
+
+## run: start a local cluster (real control plane, two netns nodes running switchyard, a demo Service) in the foreground; Ctrl-C tears it down
+run: setup build e2e-tools
+	$(GO) build -o bin/localcluster ./test/e2e/localcluster
+	./bin/localcluster --repo . --switchyard bin/switchyard --tools test/e2e/tools/bin --logs _output/local
 
 ## e2e-tools: build kube-apiserver, kube-controller-manager, kube-proxy v1.36.3 (cached)
 e2e-tools:

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -29,12 +30,23 @@ func (n *NS) ServeTCP(t T, addr, name string) func() {
 			if err != nil {
 				return
 			}
-			host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			fmt.Fprintf(c, "%s %s\n", name, host)
-			c.Close()
+			go answer(c, name)
 		}
 	}()
 	return stop
+}
+
+// answer writes the line, half-closes, and drains what the client sent
+// (curl sends a request) until it closes, so the client never sees a reset.
+func answer(c net.Conn, name string) {
+	defer c.Close()
+	host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+	fmt.Fprintf(c, "%s %s\n", name, host)
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, _ = io.Copy(io.Discard, c)
 }
 
 // ServeUDP starts a UDP server inside the namespace on addr that answers
