@@ -188,6 +188,15 @@ func (n *NS) Do(fn func() error) error {
 // end in the root namespace is deleted at cleanup.
 func Veth(t T, a *NS, aIf string, b *NS, bIf string) {
 	t.Helper()
+	// A root-side interface left by a killed run would block the rename.
+	for _, end := range []struct {
+		ns   *NS
+		name string
+	}{{a, aIf}, {b, bIf}} {
+		if end.ns.Name == "" {
+			_ = exec.Command("ip", "link", "del", end.name).Run()
+		}
+	}
 	tmp := fmt.Sprintf("swyv%d-%d", os.Getpid()%100000, counter.Add(1))
 	if out, err := exec.Command("ip", "link", "add", tmp, "type", "veth", "peer", "name", tmp+"p").CombinedOutput(); err != nil {
 		t.Fatalf("creating veth: %v: %s", err, out)
