@@ -31,7 +31,7 @@ lint:
 
 ## unit: unit tests (no root needed)
 unit:
-	$(GO) test -count=1 ./pkg/... ./cmd/...
+	$(GO) test -count=1 -race ./pkg/... ./cmd/...
 
 ## integration: real iptables (both backends) and real packets in network namespaces (root)
 integration:

@@ -3,18 +3,23 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard-proxy/switchyard/pkg/healthcheck"
+	hostpkg "github.com/switchyard-proxy/switchyard/pkg/host"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
 	"github.com/switchyard-proxy/switchyard/pkg/watch"
@@ -77,6 +82,48 @@ func (o *daemonOptions) restConfig() (*rest.Config, error) {
 	return cfg, nil
 }
 
+// ensureRouteLocalnet lets NodePorts answer on 127.0.0.1. A kernel that
+// refuses (a read-only /proc/sys, as in an unprivileged container) is a
+// warning: everything else still works.
+func (o *daemonOptions) ensureRouteLocalnet(logger klog.Logger, reporter *watch.EventReporter, nodeRef *v1.ObjectReference) {
+	if o.dryRun {
+		logger.Info("Dry run: would set sysctl", "name", hostpkg.RouteLocalnet, "value", "1")
+		return
+	}
+	changed, err := hostpkg.Ensure(hostpkg.ProcSysctl{}, hostpkg.RouteLocalnet, "1")
+	if err != nil {
+		logger.Error(err, "NodePorts will not answer on 127.0.0.1; to silence this, pass --iptables-localhost-nodeports=false or --nodeport-addresses without loopback")
+		reporter.Warn(nodeRef, "RouteLocalnetUnavailable", err.Error())
+		return
+	}
+	if changed {
+		logger.Info("Set route_localnet=1 so NodePorts answer on 127.0.0.1; to avoid it pass --iptables-localhost-nodeports=false or --nodeport-addresses without loopback")
+	}
+}
+
+// healthCheckAddrs are the addresses the health check servers listen on:
+// all, or those allowed by --nodeport-addresses.
+func (o *daemonOptions) healthCheckAddrs(logger klog.Logger) []string {
+	if len(o.nodePortCIDRs) == 0 && !o.nodePortPrimary {
+		return nil
+	}
+	addrs, err := hostpkg.InterfaceAddrs()
+	if err != nil {
+		logger.Error(err, "Cannot list the node's addresses; health check servers listen on all of them")
+		return nil
+	}
+	var out []string
+	for _, a := range addrs {
+		for _, p := range o.nodePortCIDRs {
+			if p.Contains(a) {
+				out = append(out, a.String())
+				break
+			}
+		}
+	}
+	return out
+}
+
 func (o *daemonOptions) Run(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
@@ -109,10 +156,32 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 	}
 
 	reporter := watch.NewEventReporter(ctx, client, o.hostname)
+	nodeRef := &v1.ObjectReference{Kind: "Node", Name: o.hostname, UID: types.UID(o.hostname)}
+	renderCfg := o.renderConfig(v1.IPv4Protocol)
+	if renderCfg.LocalhostNodePortsActive() {
+		o.ensureRouteLocalnet(logger, reporter, nodeRef)
+	}
+
 	tracker := watch.NewTracker(logger, o.filter(), o.hostname, nil, reporter)
-	syncer := proxier.NewSyncer(o.renderConfig(v1.IPv4Protocol), host)
+	syncer := proxier.NewSyncer(renderCfg, host)
 	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, FullSyncPeriod: time.Hour}, tracker, syncer)
 	tracker.SetNotify(p.RequestSync)
+	p.HostAddrs = func() []netip.Addr {
+		addrs, err := hostpkg.InterfaceAddrs()
+		if err != nil {
+			logger.Error(err, "Cannot list the node's addresses; NodePorts limited by --nodeport-addresses may not answer")
+		}
+		return addrs
+	}
+
+	hc := healthcheck.NewServices(logger.WithName("healthcheck"), o.healthCheckAddrs(logger), p.Healthy,
+		func(service string, port int32, err error) {
+			ns, name, _ := strings.Cut(service, "/")
+			reporter.Warn(&v1.ObjectReference{Kind: "Service", Namespace: ns, Name: name},
+				"HealthCheckNodePortUnavailable", fmt.Sprintf("health check node port %d cannot be opened on node %s: %v", port, o.hostname, err))
+		})
+	defer hc.Close()
+	p.OnSynced = func(snap *proxier.Snapshot) { hc.Sync(proxier.HealthCheckPorts(snap)) }
 
 	w := watch.NewWatcher(client, tracker, 0)
 	logger.Info("Starting switchyard", "version", version, "node", o.hostname, "clusterCIDR", o.clusterCIDR,

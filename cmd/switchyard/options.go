@@ -20,9 +20,13 @@ type ruleOptions struct {
 	masqueradeAll bool
 	masqBit       int
 	proxyName     string
+	nodePortAddrs []string
+	localhostNP   bool
 
 	// completed
-	cidrs map[v1.IPFamily]netip.Prefix
+	cidrs           map[v1.IPFamily]netip.Prefix
+	nodePortCIDRs   []netip.Prefix
+	nodePortPrimary bool
 }
 
 func (o *ruleOptions) AddFlags(fs *pflag.FlagSet) {
@@ -31,6 +35,8 @@ func (o *ruleOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.masqueradeAll, "masquerade-all", false, "Masquerade all traffic sent to Service cluster IPs")
 	fs.IntVar(&o.masqBit, "iptables-masquerade-bit", 14, "The bit of the packet mark that flags traffic for SNAT (0-31)")
 	fs.StringVar(&o.proxyName, "service-proxy-name", "", "Handle only Services labelled service.kubernetes.io/service-proxy-name=NAME (default: only Services without that label)")
+	fs.StringSliceVar(&o.nodePortAddrs, "nodeport-addresses", nil, "CIDRs of the local addresses that accept NodePort traffic, or \"primary\" for the node's primary IP per family (default: all local addresses)")
+	fs.BoolVar(&o.localhostNP, "iptables-localhost-nodeports", true, "Let NodePorts answer on 127.0.0.1 (IPv4; needs route_localnet, set only then)")
 }
 
 func (o *ruleOptions) Complete() error {
@@ -43,6 +49,25 @@ func (o *ruleOptions) Complete() error {
 	}
 	o.hostname = strings.ToLower(strings.TrimSpace(o.hostname))
 	o.cidrs = map[v1.IPFamily]netip.Prefix{}
+	o.nodePortCIDRs, o.nodePortPrimary = nil, false
+	for _, s := range o.nodePortAddrs {
+		s = strings.TrimSpace(s)
+		if s == "" {
+			continue
+		}
+		if s == "primary" {
+			o.nodePortPrimary = true
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return usagef("--nodeport-addresses: %q is not a CIDR or \"primary\"", s)
+		}
+		o.nodePortCIDRs = append(o.nodePortCIDRs, p.Masked())
+	}
+	if o.nodePortPrimary && len(o.nodePortCIDRs) > 0 {
+		return usagef("--nodeport-addresses: \"primary\" cannot be combined with CIDRs")
+	}
 	if strings.TrimSpace(o.clusterCIDR) == "" {
 		return nil
 	}
@@ -74,10 +99,13 @@ func (o *ruleOptions) filter() proxier.Filter { return proxier.Filter{ProxyName:
 
 func (o *ruleOptions) renderConfig(family v1.IPFamily) proxier.RenderConfig {
 	return proxier.RenderConfig{
-		Family:        family,
-		ClusterCIDR:   o.cidrs[family],
-		MasqueradeAll: o.masqueradeAll,
-		MasqueradeBit: o.masqBit,
+		Family:             family,
+		ClusterCIDR:        o.cidrs[family],
+		MasqueradeAll:      o.masqueradeAll,
+		MasqueradeBit:      o.masqBit,
+		NodePortAddresses:  o.nodePortCIDRs,
+		NodePortPrimary:    o.nodePortPrimary,
+		LocalhostNodePorts: o.localhostNP,
 	}
 }
 

@@ -27,6 +27,13 @@ func NewFake() *Fake {
 	return &Fake{Rules: rs}
 }
 
+// SetFailRestore makes later restores fail with err (nil: succeed again).
+func (f *Fake) SetFailRestore(err error) {
+	f.mu.Lock()
+	f.FailRestore = err
+	f.mu.Unlock()
+}
+
 func (f *Fake) Restore(_ context.Context, text []byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -531,17 +531,19 @@ func (t *tracer) module(m Match, s state, p Packet) matchResult {
 		}
 		return matchYes
 	case "conntrack", "state":
+		// The first packet of a new connection: state NEW, plus DNAT once a
+		// DNAT rule rewrote its destination.
 		for _, o := range m.Options {
 			if (o.Name != "--ctstate" && o.Name != "--state") || len(o.Values) == 0 {
 				return matchUnknown
 			}
-			isNew := false
+			in := false
 			for _, st := range strings.Split(o.Values[0], ",") {
-				if st == "NEW" {
-					isNew = true
+				if st == "NEW" || st == "DNAT" && s.dnat != "" {
+					in = true
 				}
 			}
-			if boolResult(isNew, o.Negated) == matchNo {
+			if boolResult(in, o.Negated) == matchNo {
 				return matchNo
 			}
 		}

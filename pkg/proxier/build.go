@@ -360,6 +360,8 @@ func SnapshotFromObjects(f Filter, nodeName string, services []*v1.Service, slic
 		}
 		bySvc[key][s.Name] = eps
 	}
+	// Offline there is no host: the Node's addresses and loopback stand in.
+	snap.HostAddrs = append(append([]netip.Addr{}, snap.Node.Addresses...), netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback())
 	for name := range snap.Services {
 		merged := MergeSlices(bySvc[name.ServiceKey()])
 		if eps := merged[PortKey{Name: name.Port, Protocol: name.Protocol}]; len(eps) > 0 {

@@ -103,6 +103,16 @@ type NodeInfo struct {
 	PodCIDRs  []netip.Prefix
 }
 
+// PrimaryIP is the node's first address of the family, from its Node object.
+func (n NodeInfo) PrimaryIP(family v1.IPFamily) (netip.Addr, bool) {
+	for _, a := range n.Addresses {
+		if familyOf(a) == family {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
 // Snapshot is the complete desired input of one sync: every Service port the
 // proxy handles, the endpoints of each, and the node's own facts. A Snapshot
 // is never mutated once handed to the renderer.
@@ -110,6 +120,10 @@ type Snapshot struct {
 	Services  map[ServicePortName]*ServicePort
 	Endpoints map[ServicePortName][]Endpoint
 	Node      NodeInfo
+	// HostAddrs are the addresses on the node's interfaces (for
+	// --nodeport-addresses); the daemon reads them from the host, the
+	// offline commands take the Node's addresses and loopback.
+	HostAddrs []netip.Addr
 }
 
 // NewSnapshot returns an empty snapshot.

@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -34,6 +35,13 @@ type Proxier struct {
 	source  SnapshotSource
 	syncers []*Syncer
 
+	// HostAddrs, when set, supplies the node's interface addresses for
+	// each snapshot (for --nodeport-addresses).
+	HostAddrs func() []netip.Addr
+	// OnSynced, when set, is called after every successful sync with the
+	// snapshot that was applied (the health check servers follow it).
+	OnSynced func(*Snapshot)
+
 	requests chan struct{}
 
 	mu         sync.Mutex
@@ -43,6 +51,9 @@ type Proxier struct {
 	syncCount  int
 	synced     chan struct{}
 	syncedOnce sync.Once
+	// pendingSince is when the oldest sync request not yet served was
+	// made; zero when none is pending.
+	pendingSince time.Time
 }
 
 // New returns a proxier over one syncer per IP family the node has.
@@ -59,10 +70,28 @@ func New(cfg LoopConfig, source SnapshotSource, syncers ...*Syncer) *Proxier {
 // RequestSync asks for a sync soon. It never blocks; requests made while
 // one is pending collapse into it.
 func (p *Proxier) RequestSync() {
+	p.markPending()
 	select {
 	case p.requests <- struct{}{}:
 	default:
 	}
+}
+
+func (p *Proxier) markPending() {
+	p.mu.Lock()
+	if p.pendingSince.IsZero() {
+		p.pendingSince = time.Now()
+	}
+	p.mu.Unlock()
+}
+
+// Healthy reports whether every requested sync has completed, or the oldest
+// one still pending was requested less than twice the sync period ago (as
+// kube-proxy judges its own health).
+func (p *Proxier) Healthy() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pendingSince.IsZero() || time.Since(p.pendingSince) < 2*p.cfg.SyncPeriod
 }
 
 // Synced is closed after the first successful sync.
@@ -79,7 +108,11 @@ func (p *Proxier) Status() (time.Time, error, int) {
 // failure of one family does not stop the others.
 func (p *Proxier) SyncOnce(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
+	start := time.Now()
 	snap := p.source.Snapshot()
+	if p.HostAddrs != nil {
+		snap.HostAddrs = p.HostAddrs()
+	}
 	var errs []error
 	var results []SyncResult
 	for _, s := range p.syncers {
@@ -97,8 +130,14 @@ func (p *Proxier) SyncOnce(ctx context.Context) error {
 	p.lastErr = err
 	p.lastResult = results
 	p.syncCount++
+	if err == nil && !p.pendingSince.IsZero() && !p.pendingSince.After(start) {
+		p.pendingSince = time.Time{}
+	}
 	p.mu.Unlock()
 	if err == nil {
+		if p.OnSynced != nil {
+			p.OnSynced(snap)
+		}
 		p.syncedOnce.Do(func() { close(p.synced) })
 		logger.V(1).Info("Synced", "services", len(snap.Services), "results", results)
 	}
@@ -160,6 +199,7 @@ func (p *Proxier) Run(ctx context.Context) {
 				ok, err := s.Check(ctx)
 				if err != nil || !ok {
 					logger.Info("Rules are not intact; running a full sync", "family", s.Config.Family, "err", err)
+					p.markPending()
 					pending = true
 				}
 			}

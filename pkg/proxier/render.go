@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
-	"strconv"
 	"strings"
 
 	v1 "k8s.io/api/core/v1"
@@ -19,14 +18,22 @@ import (
 const (
 	ChainPrefix = "SWY-"
 
-	ChainServices         = "SWY-SERVICES"
-	ChainNodePorts        = "SWY-NODEPORTS"
-	ChainPostrouting      = "SWY-POSTROUTING"
-	ChainMarkMasq         = "SWY-MARK-MASQ"
+	// nat and filter
+	ChainServices  = "SWY-SERVICES"
+	ChainNodePorts = "SWY-NODEPORTS"
+	// nat
+	ChainPostrouting = "SWY-POSTROUTING"
+	ChainMarkMasq    = "SWY-MARK-MASQ"
+	// filter
 	ChainExternalServices = "SWY-EXTERNAL-SERVICES"
 	ChainForward          = "SWY-FORWARD"
+	ChainProxyFirewall    = "SWY-PROXY-FIREWALL"
+	ChainFirewall         = "SWY-FIREWALL"
 
 	svcChainPrefix = "SWY-SVC-"
+	svlChainPrefix = "SWY-SVL-"
+	extChainPrefix = "SWY-EXT-"
+	fwChainPrefix  = "SWY-FW-"
 	sepChainPrefix = "SWY-SEP-"
 
 	TableNAT    = "nat"
@@ -38,14 +45,41 @@ const (
 type RenderConfig struct {
 	Family v1.IPFamily
 	// ClusterCIDR, when valid, is the pod network of this family: traffic to
-	// a ClusterIP from outside it is masqueraded.
+	// a ClusterIP from outside it is masqueraded, and traffic from inside it
+	// counts as pod traffic for externalTrafficPolicy Local.
 	ClusterCIDR   netip.Prefix
 	MasqueradeAll bool
 	MasqueradeBit int
+	// NodePortAddresses limits the local addresses that accept NodePort
+	// traffic to those inside these CIDRs; empty means every local address.
+	NodePortAddresses []netip.Prefix
+	// NodePortPrimary limits NodePorts to the node's primary address (the
+	// first address of this family in its Node object).
+	NodePortPrimary bool
+	// LocalhostNodePorts lets NodePorts answer on 127.0.0.0/8 (IPv4 only,
+	// and only when NodePortAddresses is empty or includes loopback).
+	LocalhostNodePorts bool
 }
 
 // MasqMark is the mark value of the masquerade bit, e.g. "0x4000".
 func (c RenderConfig) MasqMark() string { return fmt.Sprintf("%#x", uint32(1)<<c.MasqueradeBit) }
+
+// LocalhostNodePortsActive says whether NodePorts answer on loopback with
+// this config: it is then that route_localnet is needed.
+func (c RenderConfig) LocalhostNodePortsActive() bool {
+	if !c.LocalhostNodePorts || c.Family != v1.IPv4Protocol || c.NodePortPrimary {
+		return false
+	}
+	if len(c.NodePortAddresses) == 0 {
+		return true
+	}
+	for _, p := range c.NodePortAddresses {
+		if p.Contains(netip.MustParseAddr("127.0.0.1")) {
+			return true
+		}
+	}
+	return false
+}
 
 // Chain is one chain's complete content: rule arguments without the leading
 // "-A NAME".
@@ -76,26 +110,59 @@ func (r *Rules) Table(name string) *Table {
 	return nil
 }
 
-// BaseJumps are the jumps from built-in chains, as kube-proxy installs them.
+// BaseJumps are the jumps from built-in chains, as kube-proxy installs them,
+// in the order they end up in each chain.
 func BaseJumps() []iptables.Jump {
 	newConn := []string{"-m", "conntrack", "--ctstate", "NEW"}
+	j := func(table, chain, target, comment string, extra []string) iptables.Jump {
+		return iptables.Jump{Table: table, Chain: chain, Target: target, Comment: comment, Extra: extra}
+	}
+	const (
+		portals  = "switchyard service portals"
+		external = "switchyard externally-visible service portals"
+		lbfw     = "switchyard load balancer firewall"
+		localnet = "switchyard localnet firewall"
+	)
 	return []iptables.Jump{
-		{Table: TableNAT, Chain: "PREROUTING", Target: ChainServices, Comment: "switchyard service portals"},
-		{Table: TableNAT, Chain: "OUTPUT", Target: ChainServices, Comment: "switchyard service portals"},
-		{Table: TableNAT, Chain: "POSTROUTING", Target: ChainPostrouting, Comment: "switchyard postrouting rules"},
-		{Table: TableFilter, Chain: "INPUT", Target: ChainExternalServices, Comment: "switchyard externally-visible service portals", Extra: newConn},
-		{Table: TableFilter, Chain: "FORWARD", Target: ChainForward, Comment: "switchyard forwarding rules"},
-		{Table: TableFilter, Chain: "FORWARD", Target: ChainServices, Comment: "switchyard service portals", Extra: newConn},
-		{Table: TableFilter, Chain: "FORWARD", Target: ChainExternalServices, Comment: "switchyard externally-visible service portals", Extra: newConn},
-		{Table: TableFilter, Chain: "OUTPUT", Target: ChainServices, Comment: "switchyard service portals", Extra: newConn},
+		j(TableNAT, "PREROUTING", ChainServices, portals, nil),
+		j(TableNAT, "OUTPUT", ChainServices, portals, nil),
+		j(TableNAT, "POSTROUTING", ChainPostrouting, "switchyard postrouting rules", nil),
+		j(TableFilter, "INPUT", ChainFirewall, localnet, nil),
+		j(TableFilter, "INPUT", ChainProxyFirewall, lbfw, newConn),
+		j(TableFilter, "INPUT", ChainNodePorts, "switchyard health check service ports", nil),
+		j(TableFilter, "INPUT", ChainExternalServices, external, newConn),
+		j(TableFilter, "FORWARD", ChainProxyFirewall, lbfw, newConn),
+		j(TableFilter, "FORWARD", ChainForward, "switchyard forwarding rules", nil),
+		j(TableFilter, "FORWARD", ChainServices, portals, newConn),
+		j(TableFilter, "FORWARD", ChainExternalServices, external, newConn),
+		j(TableFilter, "OUTPUT", ChainFirewall, localnet, nil),
+		j(TableFilter, "OUTPUT", ChainProxyFirewall, lbfw, newConn),
+		j(TableFilter, "OUTPUT", ChainServices, portals, newConn),
 	}
 }
 
-// ServiceChainName is the SWY-SVC- chain of a Service port: a hash of its
-// name and protocol, stable across versions and restarts.
-func ServiceChainName(n ServicePortName) string {
-	return svcChainPrefix + hashName(n.String()+protoLower(n.Protocol))
+// TopLevelChains are the chains every sync keeps, per table.
+func TopLevelChains() map[string][]string {
+	return map[string][]string{
+		TableNAT:    {ChainServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq},
+		TableFilter: {ChainServices, ChainExternalServices, ChainForward, ChainNodePorts, ChainProxyFirewall, ChainFirewall},
+	}
 }
+
+func portHash(n ServicePortName) string { return hashName(n.String() + protoLower(n.Protocol)) }
+
+// ServiceChainName is the SWY-SVC- chain of a Service port (every usable
+// endpoint): a hash of its name and protocol, stable across versions.
+func ServiceChainName(n ServicePortName) string { return svcChainPrefix + portHash(n) }
+
+// LocalChainName is the SWY-SVL- chain of a Service port (node-local endpoints).
+func LocalChainName(n ServicePortName) string { return svlChainPrefix + portHash(n) }
+
+// ExternalChainName is the SWY-EXT- chain of a Service port (external traffic).
+func ExternalChainName(n ServicePortName) string { return extChainPrefix + portHash(n) }
+
+// FirewallChainName is the SWY-FW- chain of a Service port (source ranges).
+func FirewallChainName(n ServicePortName) string { return fwChainPrefix + portHash(n) }
 
 // EndpointChainName is the SWY-SEP- chain of one endpoint of a Service port.
 func EndpointChainName(n ServicePortName, ep Endpoint) string {
@@ -112,154 +179,155 @@ type ruleBuilder []string
 
 func (b ruleBuilder) add(args ...string) ruleBuilder { return append(b, args...) }
 
-func (b ruleBuilder) String() string {
-	parts := make([]string, len(b))
-	for i, a := range b {
-		parts[i] = iptables.QuoteArg(a)
-	}
-	return strings.Join(parts, " ")
-}
+func (b ruleBuilder) String() string { return iptables.ArgsText(b) }
+
+func comment(c string) ruleBuilder { return ruleBuilder{"-m", "comment", "--comment", c} }
 
 func hostPrefix(a netip.Addr) string {
 	return netip.PrefixFrom(a, a.BitLen()).String()
 }
 
-// destMatch is "-d VIP/32 -p tcp -m tcp --dport PORT" with a comment.
-func destMatch(addr netip.Addr, proto v1.Protocol, port int32, comment string) ruleBuilder {
+// destMatch is "-d ADDR/32 -p tcp -m comment ... -m tcp --dport PORT".
+func destMatch(addr netip.Addr, proto v1.Protocol, port int32, c string) ruleBuilder {
 	p := protoLower(proto)
-	return ruleBuilder{"-d", hostPrefix(addr), "-p", p, "-m", "comment", "--comment", comment, "-m", p, "--dport", strconv.Itoa(int(port))}
+	return ruleBuilder{"-d", hostPrefix(addr), "-p", p}.add(comment(c)...).add("-m", p, "--dport", fmt.Sprint(port))
+}
+
+// portMatch is "-p tcp -m comment ... -m tcp --dport PORT".
+func portMatch(proto v1.Protocol, port int32, c string) ruleBuilder {
+	p := protoLower(proto)
+	return ruleBuilder{"-p", p}.add(comment(c)...).add("-m", p, "--dport", fmt.Sprint(port))
+}
+
+// output collects rendered chains.
+type output struct {
+	nat, filter map[string][]string
+}
+
+func (o *output) natChain(name string, rules []string) { o.nat[name] = rules }
+
+func (o *output) natRule(chain string, rule ruleBuilder) {
+	o.nat[chain] = append(o.nat[chain], rule.String())
+}
+
+func (o *output) filterRule(chain string, rule ruleBuilder) {
+	o.filter[chain] = append(o.filter[chain], rule.String())
 }
 
 // Render turns a snapshot into the complete ruleset for one IP family. It is
 // a pure function: the same snapshot and config always give the same rules.
 func Render(snap *Snapshot, cfg RenderConfig) *Rules {
 	masq := cfg.MasqMark()
-	nat := map[string][]string{}
-	filter := map[string][]string{}
-	var natOrder, filterOrder []string
-	addNAT := func(name string, rules []string) {
-		nat[name] = rules
-		natOrder = append(natOrder, name)
+	out := &output{nat: map[string][]string{}, filter: map[string][]string{}}
+	top := TopLevelChains()
+	for _, c := range top[TableNAT] {
+		out.nat[c] = nil
+	}
+	for _, c := range top[TableFilter] {
+		out.filter[c] = nil
 	}
 
 	var dispatch []dispatchEntry
-	var rejects []string
-
 	for _, name := range snap.SortedNames() {
-		svc := snap.Services[name]
-		vip, ok := svc.ClusterIP(cfg.Family)
-		if !ok {
-			continue
-		}
-		eps := clusterEndpoints(snap.Endpoints[name], cfg.Family)
-		if len(eps) == 0 {
-			rejects = append(rejects, destMatch(vip, name.Protocol, svc.Port, name.String()+" has no endpoints").add("-j", "REJECT").String())
-			continue
-		}
-		svcChain := ServiceChainName(name)
-		dispatch = append(dispatch, dispatchEntry{addr: vip, proto: name.Protocol, port: svc.Port, comment: name.String() + " cluster IP", target: svcChain})
-
-		var svcRules []string
-		if cfg.MasqueradeAll {
-			svcRules = append(svcRules, destMatch(vip, name.Protocol, svc.Port, name.String()+" cluster IP").add("-j", ChainMarkMasq).String())
-		} else if cfg.ClusterCIDR.IsValid() {
-			svcRules = append(svcRules, destMatch(vip, name.Protocol, svc.Port, name.String()+" cluster IP").
-				add("!", "-s", cfg.ClusterCIDR.String(), "-j", ChainMarkMasq).String())
-		}
-		sepNames := make([]string, len(eps))
-		for i, ep := range eps {
-			sepNames[i] = EndpointChainName(name, ep)
-		}
-		if svc.AffinityTimeout > 0 {
-			for i, ep := range eps {
-				svcRules = append(svcRules, ruleBuilder{"-m", "comment", "--comment", name.String() + " -> " + ep.String(),
-					"-m", "recent", "--name", sepNames[i], "--rcheck", "--seconds", strconv.Itoa(int(svc.AffinityTimeout)), "--reap",
-					"-j", sepNames[i]}.String())
-			}
-		}
-		for i, ep := range eps {
-			r := ruleBuilder{"-m", "comment", "--comment", name.String() + " -> " + ep.String()}
-			if left := len(eps) - i; left > 1 {
-				r = r.add("-m", "statistic", "--mode", "random", "--probability", fmt.Sprintf("%0.10f", 1.0/float64(left)))
-			}
-			svcRules = append(svcRules, r.add("-j", sepNames[i]).String())
-		}
-		addNAT(svcChain, svcRules)
-
-		for i, ep := range eps {
-			p := protoLower(name.Protocol)
-			sep := []string{
-				ruleBuilder{"-s", hostPrefix(ep.Addr), "-m", "comment", "--comment", name.String(), "-j", ChainMarkMasq}.String(),
-			}
-			dnat := ruleBuilder{"-p", p, "-m", "comment", "--comment", name.String()}
-			if svc.AffinityTimeout > 0 {
-				dnat = dnat.add("-m", "recent", "--name", sepNames[i], "--set")
-			}
-			sep = append(sep, dnat.add("-m", p, "-j", "DNAT", "--to-destination", ep.String()).String())
-			addNAT(sepNames[i], sep)
-		}
+		dispatch = append(dispatch, renderServicePort(out, snap, cfg, snap.Services[name])...)
 	}
 
-	top := dispatchChains(ChainServices, dispatch)
-	top[0].Rules = append(top[0].Rules, ruleBuilder{"-m", "comment", "--comment",
-		"switchyard service nodeports; NOTE: this must be the last rule in this chain",
-		"-m", "addrtype", "--dst-type", "LOCAL", "-j", ChainNodePorts}.String())
-
-	fixedNAT := []Chain{
-		top[0],
-		{Name: ChainNodePorts},
-		{Name: ChainPostrouting, Rules: []string{
-			ruleBuilder{"-m", "mark", "!", "--mark", masq + "/" + masq, "-j", "RETURN"}.String(),
-			ruleBuilder{"-j", "MARK", "--xor-mark", masq}.String(),
-			ruleBuilder{"-m", "comment", "--comment", "switchyard service traffic requiring SNAT", "-j", "MASQUERADE", "--random-fully"}.String(),
-		}},
-		{Name: ChainMarkMasq, Rules: []string{ruleBuilder{"-j", "MARK", "--or-mark", masq}.String()}},
+	// SWY-SERVICES: the dispatch, then the jump to SWY-NODEPORTS.
+	chains := dispatchChains(ChainServices, dispatch)
+	for _, c := range chains[1:] {
+		out.natChain(c.Name, c.Rules)
 	}
-	fixedNAT = append(fixedNAT, top[1:]...)
+	out.nat[ChainServices] = append(chains[0].Rules, nodePortJumps(snap, cfg)...)
 
-	filterOrder = []string{ChainServices, ChainExternalServices, ChainForward}
-	filter[ChainServices] = rejects
-	filter[ChainExternalServices] = nil
-	filter[ChainForward] = []string{
+	out.nat[ChainPostrouting] = []string{
+		ruleBuilder{"-m", "mark", "!", "--mark", masq + "/" + masq, "-j", "RETURN"}.String(),
+		ruleBuilder{"-j", "MARK", "--xor-mark", masq}.String(),
+		comment("switchyard service traffic requiring SNAT").add("-j", "MASQUERADE", "--random-fully").String(),
+	}
+	out.nat[ChainMarkMasq] = []string{ruleBuilder{"-j", "MARK", "--or-mark", masq}.String()}
+
+	out.filter[ChainForward] = []string{
 		ruleBuilder{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}.String(),
-		ruleBuilder{"-m", "comment", "--comment", "switchyard forwarding rules", "-m", "mark", "--mark", masq + "/" + masq, "-j", "ACCEPT"}.String(),
-		ruleBuilder{"-m", "comment", "--comment", "switchyard forwarding conntrack rule", "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"}.String(),
+		comment("switchyard forwarding rules").add("-m", "mark", "--mark", masq+"/"+masq, "-j", "ACCEPT").String(),
+		comment("switchyard forwarding conntrack rule").add("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT").String(),
+	}
+	if cfg.LocalhostNodePortsActive() {
+		// route_localnet opens 127.0.0.0/8 to the network; drop what did not
+		// come from loopback and was not NATed, as kubelet and kube-proxy do.
+		out.filter[ChainFirewall] = []string{
+			comment("block incoming localnet connections").add("-d", "127.0.0.0/8", "!", "-s", "127.0.0.0/8",
+				"-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED,DNAT", "-j", "DROP").String(),
+		}
 	}
 
-	rules := &Rules{Jumps: BaseJumps()}
-	natTable := Table{Name: TableNAT, Chains: fixedNAT}
-	sort.Strings(natOrder)
-	for _, n := range natOrder {
-		natTable.Chains = append(natTable.Chains, Chain{Name: n, Rules: nat[n]})
-	}
-	filterTable := Table{Name: TableFilter}
-	for _, n := range filterOrder {
-		filterTable.Chains = append(filterTable.Chains, Chain{Name: n, Rules: filter[n]})
-	}
-	rules.Tables = []Table{filterTable, natTable}
-	return rules
+	return &Rules{Jumps: BaseJumps(), Tables: []Table{
+		orderedTable(TableFilter, out.filter, top[TableFilter]),
+		orderedTable(TableNAT, out.nat, top[TableNAT]),
+	}}
 }
 
-// clusterEndpoints picks the endpoints cluster traffic may use: the ready
-// ones, or, when none is ready, those still serving while terminating (so a
-// rolling update never drops traffic), as kube-proxy does.
-func clusterEndpoints(all []Endpoint, family v1.IPFamily) []Endpoint {
-	var ready, terminating []Endpoint
-	for _, ep := range all {
-		if familyOf(ep.Addr) != family {
+// orderedTable puts the top-level chains first, then the rest by name.
+func orderedTable(name string, chains map[string][]string, first []string) Table {
+	t := Table{Name: name}
+	seen := map[string]bool{}
+	for _, c := range first {
+		t.Chains = append(t.Chains, Chain{Name: c, Rules: chains[c]})
+		seen[c] = true
+	}
+	var rest []string
+	for c := range chains {
+		if !seen[c] {
+			rest = append(rest, c)
+		}
+	}
+	sort.Strings(rest)
+	for _, c := range rest {
+		t.Chains = append(t.Chains, Chain{Name: c, Rules: chains[c]})
+	}
+	return t
+}
+
+// nodePortJumps are the last rules of SWY-SERVICES: traffic to a local
+// address that no Service address matched may be for a NodePort.
+func nodePortJumps(snap *Snapshot, cfg RenderConfig) []string {
+	c := comment("switchyard service nodeports; NOTE: this must be the last rule in this chain")
+	if len(cfg.NodePortAddresses) == 0 && !cfg.NodePortPrimary {
+		r := c.add("-m", "addrtype", "--dst-type", "LOCAL")
+		switch {
+		case cfg.Family == v1.IPv6Protocol:
+			r = r.add("!", "-d", "::1/128")
+		case !cfg.LocalhostNodePorts:
+			r = r.add("!", "-d", "127.0.0.0/8")
+		}
+		return []string{r.add("-j", ChainNodePorts).String()}
+	}
+	var ips []netip.Addr
+	if cfg.NodePortPrimary {
+		if ip, ok := snap.Node.PrimaryIP(cfg.Family); ok {
+			ips = append(ips, ip)
+		}
+	} else {
+		for _, a := range snap.HostAddrs {
+			if familyOf(a) != cfg.Family {
+				continue
+			}
+			for _, p := range cfg.NodePortAddresses {
+				if p.Contains(a) {
+					ips = append(ips, a)
+					break
+				}
+			}
+		}
+	}
+	sort.Slice(ips, func(i, j int) bool { return ips[i].Less(ips[j]) })
+	var rules []string
+	for _, ip := range ips {
+		if ip.IsLoopback() && !cfg.LocalhostNodePortsActive() {
 			continue
 		}
-		switch {
-		case ep.Ready:
-			ready = append(ready, ep)
-		case ep.Serving && ep.Terminating:
-			terminating = append(terminating, ep)
-		}
+		rules = append(rules, c.add("-d", hostPrefix(ip), "-j", ChainNodePorts).String())
 	}
-	if len(ready) > 0 {
-		return ready
-	}
-	return terminating
+	return rules
 }
 
 // dispatchEntry is one "destination -> Service chain" decision.
@@ -299,7 +367,7 @@ func RestoreText(r *Rules) string {
 				fmt.Fprintf(&b, "-A %s %s\n", c.Name, rule)
 			}
 		}
-		jumps := []iptables.Jump{}
+		var jumps []iptables.Jump
 		for _, j := range r.Jumps {
 			if j.Table == t.Name {
 				jumps = append(jumps, j)

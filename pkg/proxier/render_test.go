@@ -20,7 +20,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 var testCIDR = netip.MustParsePrefix("10.244.0.0/16")
 
 func defaultConfig() RenderConfig {
-	return RenderConfig{Family: v1.IPv4Protocol, ClusterCIDR: testCIDR, MasqueradeBit: 14}
+	return RenderConfig{Family: v1.IPv4Protocol, ClusterCIDR: testCIDR, MasqueradeBit: 14, LocalhostNodePorts: true}
 }
 
 // loadSnapshot builds a snapshot from a testdata objects file, as render does.
@@ -52,6 +52,10 @@ func TestGolden(t *testing.T) {
 		{name: "terminating", file: "terminating.yaml"},
 		{name: "skipped", file: "skipped.yaml"},
 		{name: "list", file: "list.yaml"},
+		{name: "external", file: "external.yaml"},
+		{name: "external-nodeport-addresses", file: "external.yaml", cfg: func(c *RenderConfig) {
+			c.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.50.0/24")}
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -170,7 +174,7 @@ func TestBaseJumpsInRenderOrder(t *testing.T) {
 	for _, r := range rs.Tables["filter"].Chains["FORWARD"].Rules {
 		got = append(got, r.Target)
 	}
-	want := []string{ChainForward, ChainServices, ChainExternalServices}
+	want := []string{ChainProxyFirewall, ChainForward, ChainServices, ChainExternalServices}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("filter FORWARD jumps = %v, want %v", got, want)
 	}

@@ -131,11 +131,7 @@ func (s *Syncer) Check(ctx context.Context) (bool, error) {
 	if rules == nil {
 		return false, nil
 	}
-	chains := map[string][]string{
-		TableNAT:    {ChainServices, ChainPostrouting, ChainMarkMasq, ChainNodePorts},
-		TableFilter: {ChainServices, ChainExternalServices, ChainForward},
-	}
-	ok, err := s.Host.Present(ctx, chains, rules.Jumps)
+	ok, err := s.Host.Present(ctx, TopLevelChains(), rules.Jumps)
 	if err != nil || !ok {
 		s.ForceFull()
 	}

@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"context"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/switchyard-proxy/switchyard/test/e2e/cluster"
@@ -81,7 +79,7 @@ func TestEndpointChangesConverge(t *testing.T) {
 	cluster.OnlyReaches(t, client.NS.NS, "tcp", addr, []string{"web-1"}, 20)
 
 	// A deleted Service stops answering.
-	if err := c.Client.CoreV1().Services(ns).Delete(context.Background(), "web", metav1.DeleteOptions{}); err != nil {
+	if err := deleteService(ns, "web"); err != nil {
 		t.Fatal(err)
 	}
 	cluster.NoAnswer(t, client.NS.NS, addr)

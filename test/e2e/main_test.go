@@ -11,6 +11,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/switchyard-proxy/switchyard/test/e2e/cluster"
 	"github.com/switchyard-proxy/switchyard/test/netns"
@@ -95,4 +98,8 @@ func run(m *testing.M) int {
 		_ = os.RemoveAll(artifacts)
 	}
 	return 0
+}
+
+func deleteService(namespace, name string) error {
+	return c.Client.CoreV1().Services(namespace).Delete(context.Background(), name, metav1.DeleteOptions{})
 }

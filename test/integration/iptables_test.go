@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 var backends = []iptables.Backend{iptables.BackendLegacy, iptables.BackendNFT}
 
 func cfg() proxier.RenderConfig {
-	return proxier.RenderConfig{Family: v1.IPv4Protocol, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), MasqueradeBit: 14}
+	return proxier.RenderConfig{Family: v1.IPv4Protocol, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), MasqueradeBit: 14, LocalhostNodePorts: true}
 }
 
 func snapshot(services map[string]int) *proxier.Snapshot {

@@ -2,10 +2,12 @@ package netns
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"strings"
 	"time"
 )
@@ -140,4 +142,24 @@ func (n *NS) GetUDP(addr string, timeout time.Duration) (Answer, error) {
 		return err
 	})
 	return a, err
+}
+
+// HTTPGet makes one HTTP GET from inside the namespace.
+func (n *NS) HTTPGet(url string, timeout time.Duration) (*http.Response, []byte, error) {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := n.Do(func() (err error) {
+			c, err = (&net.Dialer{Timeout: timeout}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: dial, DisableKeepAlives: true}}
+	resp, err := client.Get(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp, body, err
 }

@@ -64,7 +64,10 @@ type Cluster struct {
 	External *netns.NS
 	// ExternalIP is the external client's address.
 	ExternalIP string
-	owner      *Owner
+	// External2 is a second outside client (for source ranges).
+	External2   *netns.NS
+	External2IP string
+	owner       *Owner
 }
 
 // Node is one node: a network namespace running switchyard.
@@ -124,6 +127,9 @@ func Start(o *Owner, opts Options) *Cluster {
 	c.ExternalIP = opts.Subnet + ".100"
 	c.External = netns.NewNamed(o, opts.Prefix+"-external")
 	c.Underlay.Attach(o, c.External, "eth0", c.ExternalIP+"/24")
+	c.External2IP = opts.Subnet + ".101"
+	c.External2 = netns.NewNamed(o, opts.Prefix+"-external2")
+	c.Underlay.Attach(o, c.External2, "eth0", c.External2IP+"/24")
 
 	for i, n := range c.Nodes {
 		var tee io.Writer
@@ -199,6 +205,17 @@ func (c *Cluster) createNodeObject(n *Node) error {
 	created.Status = node.Status
 	_, err = c.Client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{})
 	return err
+}
+
+// RouteVia routes dst (an address or CIDR) from ns through node, as a
+// router in front of a cluster sends externalIPs and load balancer IPs to a
+// node. The route goes when the test ends.
+func RouteVia(t netns.T, ns *netns.NS, dst string, node *Node) {
+	t.Helper()
+	if _, err := ns.Run("ip", "route", "replace", dst, "via", node.IP); err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(func() { _, _ = ns.Run("ip", "route", "del", dst) })
 }
 
 // StartProxy starts this node's switchyard inside its namespace.

@@ -100,24 +100,21 @@ func OnlyReaches(t testing.TB, ns *netns.NS, proto, addr string, want []string, 
 	return counts
 }
 
-// Refused waits until a TCP connection from ns to addr is refused (REJECT),
-// and checks the refusal comes at once rather than after a timeout.
+// Refused waits until a TCP connection from ns to addr is refused: the
+// client gets ECONNREFUSED within one request timeout, which only an active
+// REJECT (ICMP port unreachable or RST) produces; a DROP would time out.
+// (The refusal itself may lag by a SYN retransmission when the kernel's
+// per-destination ICMP rate limit is spent, so no stopwatch is applied.)
 func Refused(t testing.TB, ns *netns.NS, addr string) {
 	t.Helper()
 	var last error
-	var took time.Duration
 	ok := wait.Poll(Converge, func() bool {
-		start := time.Now()
 		_, err := ns.GetTCP(addr, requestTimeout)
-		took = time.Since(start)
 		last = err
 		return errors.Is(err, syscall.ECONNREFUSED)
 	})
 	if !ok {
 		t.Fatalf("tcp %s from %s: not refused within %v (last: %v)", addr, ns.Name, Converge, last)
-	}
-	if took > time.Second {
-		t.Errorf("tcp %s from %s: refusal took %v", addr, ns.Name, took)
 	}
 }
 

@@ -242,3 +242,36 @@ func Names(pods []*Pod) []string {
 	}
 	return out
 }
+
+// SetLoadBalancerIngress sets a Service's load balancer ingress IPs, as a
+// cloud controller would.
+func (c *Cluster) SetLoadBalancerIngress(t netns.T, svc *v1.Service, ips ...string) *v1.Service {
+	t.Helper()
+	var out *v1.Service
+	err := wait.Retry(10*time.Second, func() error {
+		cur, err := c.Client.CoreV1().Services(svc.Namespace).Get(context.Background(), svc.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status.LoadBalancer.Ingress = nil
+		for _, ip := range ips {
+			cur.Status.LoadBalancer.Ingress = append(cur.Status.LoadBalancer.Ingress, v1.LoadBalancerIngress{IP: ip})
+		}
+		out, err = c.Client.CoreV1().Services(svc.Namespace).UpdateStatus(context.Background(), cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("setting load balancer ingress of %s: %v", svc.Name, err)
+	}
+	return out
+}
+
+// NodePortOf returns the nodePort of the Service port with the given name.
+func NodePortOf(svc *v1.Service, port string) int32 {
+	for _, p := range svc.Spec.Ports {
+		if p.Name == port {
+			return p.NodePort
+		}
+	}
+	return 0
+}

@@ -1,0 +1,109 @@
+// Package host owns the node's kernel settings (sysctls under /proc/sys)
+// and reads its interface addresses. Like pkg/iptables it sits at the host
+// boundary: everything here has a small interface and a fake for tests.
+// It knows nothing about Services.
+package host
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+)
+
+// Sysctl reads and writes kernel settings such as
+// "net/ipv4/conf/all/route_localnet".
+type Sysctl interface {
+	Get(name string) (string, error)
+	Set(name, value string) error
+}
+
+// ProcSysctl is the real /proc/sys.
+type ProcSysctl struct{ Root string }
+
+func (p ProcSysctl) path(name string) string {
+	root := p.Root
+	if root == "" {
+		root = "/proc/sys"
+	}
+	return filepath.Join(root, filepath.FromSlash(name))
+}
+
+// Get returns a setting's value.
+func (p ProcSysctl) Get(name string) (string, error) {
+	data, err := os.ReadFile(p.path(name))
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(data)), nil
+}
+
+// Set writes a setting.
+func (p ProcSysctl) Set(name, value string) error {
+	return os.WriteFile(p.path(name), []byte(value+"\n"), 0o640)
+}
+
+// Ensure sets name to value unless it already has it. It reports whether
+// it changed anything.
+func Ensure(s Sysctl, name, value string) (bool, error) {
+	cur, err := s.Get(name)
+	if err == nil && cur == value {
+		return false, nil
+	}
+	if err := s.Set(name, value); err != nil {
+		return false, fmt.Errorf("setting %s=%s (it is %q): %w", name, value, cur, err)
+	}
+	return true, nil
+}
+
+// FakeSysctl is an in-memory Sysctl for tests.
+type FakeSysctl struct {
+	mu     sync.Mutex
+	Values map[string]string
+	// ReadOnly makes Set fail, as inside an unprivileged container.
+	ReadOnly bool
+}
+
+func (f *FakeSysctl) Get(name string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v, ok := f.Values[name]
+	if !ok {
+		return "", os.ErrNotExist
+	}
+	return v, nil
+}
+
+func (f *FakeSysctl) Set(name, value string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ReadOnly {
+		return os.ErrPermission
+	}
+	if f.Values == nil {
+		f.Values = map[string]string{}
+	}
+	f.Values[name] = value
+	return nil
+}
+
+// RouteLocalnet is the sysctl localhost NodePorts need.
+const RouteLocalnet = "net/ipv4/conf/all/route_localnet"
+
+// InterfaceAddrs returns the addresses on the node's interfaces.
+func InterfaceAddrs() ([]netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Addr, 0, len(addrs))
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,282 @@
+package proxier
+
+import (
+	"fmt"
+	"net/netip"
+
+	v1 "k8s.io/api/core/v1"
+)
+
+// endpointSets are the endpoints one Service port may use on this node.
+type endpointSets struct {
+	// cluster: usable endpoints anywhere (Cluster traffic policy).
+	cluster []Endpoint
+	// local: usable endpoints on this node (Local traffic policy).
+	local []Endpoint
+	// any is true when the Service has usable endpoints anywhere.
+	any bool
+}
+
+// usable returns the ready endpoints among eps, or, when none is ready, the
+// serving-but-terminating ones (so rolling updates and drains keep working).
+func usable(eps []Endpoint) []Endpoint {
+	var ready, terminating []Endpoint
+	for _, ep := range eps {
+		switch {
+		case ep.Ready:
+			ready = append(ready, ep)
+		case ep.Serving && ep.Terminating:
+			terminating = append(terminating, ep)
+		}
+	}
+	if len(ready) > 0 {
+		return ready
+	}
+	return terminating
+}
+
+// categorize splits a Service port's endpoints (of one family) into the
+// cluster-wide and node-local choices, each falling back to terminating
+// endpoints on its own, as kube-proxy does.
+func categorize(all []Endpoint, family v1.IPFamily, nodeName string) endpointSets {
+	var eps, local []Endpoint
+	for _, ep := range all {
+		if familyOf(ep.Addr) != family {
+			continue
+		}
+		eps = append(eps, ep)
+		if nodeName != "" && ep.NodeName == nodeName {
+			local = append(local, ep)
+		}
+	}
+	s := endpointSets{cluster: usable(eps), local: usable(local)}
+	s.any = len(s.cluster) > 0
+	return s
+}
+
+// familyAddrs keeps the addresses of one family.
+func familyAddrs(addrs []netip.Addr, family v1.IPFamily) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range addrs {
+		if familyOf(a) == family {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// renderServicePort writes everything one Service port needs (its SVC,
+// SVL, EXT, FW and SEP chains, its NodePort rules, its filter-table
+// REJECT/DROP/firewall rules) and returns its entries for the dispatch.
+func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *ServicePort) []dispatchEntry {
+	name := svc.Name
+	vip, ok := svc.ClusterIP(cfg.Family)
+	if !ok {
+		return nil
+	}
+	str := name.String()
+	proto := name.Protocol
+	externalIPs := familyAddrs(svc.ExternalIPs, cfg.Family)
+	lbIPs := familyAddrs(svc.LoadBalancerIPs, cfg.Family)
+	externallyAccessible := svc.NodePort != 0 || len(externalIPs) > 0 || len(lbIPs) > 0
+	externalLocal := svc.ExternalPolicyLocal && externallyAccessible
+	internalLocal := svc.InternalPolicyLocal
+
+	sets := categorize(snap.Endpoints[name], cfg.Family, snap.Node.Name)
+	usesCluster := !internalLocal || externallyAccessible
+	usesLocal := internalLocal || externalLocal
+	if !usesLocal {
+		sets.local = nil
+	}
+	if !usesCluster {
+		sets.cluster = nil
+		sets.any = hasUsable(snap.Endpoints[name], cfg.Family)
+	}
+
+	svcChain, svlChain := ServiceChainName(name), LocalChainName(name)
+	extChain, fwChain := ExternalChainName(name), FirewallChainName(name)
+
+	internalChain, hasInternal := svcChain, sets.any
+	if internalLocal {
+		internalChain, hasInternal = svlChain, len(sets.local) > 0
+	}
+	externalPolicyChain, hasExternal := svcChain, sets.any
+	if externalLocal {
+		externalPolicyChain, hasExternal = svlChain, len(sets.local) > 0
+	}
+	usesExternalChain := sets.any && externallyAccessible
+	lbChain := extChain
+	usesFW := sets.any && len(lbIPs) > 0 && len(svc.LoadBalancerSourceRanges) > 0
+	if usesFW {
+		lbChain = fwChain
+	}
+
+	// What the filter table does with traffic that found no endpoint.
+	internalVerdict, internalWhy := "REJECT", str+" has no endpoints"
+	externalVerdict, externalWhy := "REJECT", str+" has no endpoints"
+	if sets.any {
+		internalVerdict, internalWhy = "DROP", str+" has no local endpoints"
+		externalVerdict, externalWhy = "DROP", str+" has no local endpoints"
+	}
+
+	var dispatch []dispatchEntry
+	// The cluster IP.
+	if hasInternal {
+		dispatch = append(dispatch, dispatchEntry{addr: vip, proto: proto, port: svc.Port, comment: str + " cluster IP", target: internalChain})
+	} else {
+		out.filterRule(ChainServices, destMatch(vip, proto, svc.Port, internalWhy).add("-j", internalVerdict))
+	}
+	// External IPs.
+	for _, ip := range externalIPs {
+		if sets.any {
+			dispatch = append(dispatch, dispatchEntry{addr: ip, proto: proto, port: svc.Port, comment: str + " external IP", target: extChain})
+		}
+		if !hasExternal {
+			out.filterRule(ChainExternalServices, destMatch(ip, proto, svc.Port, externalWhy).add("-j", externalVerdict))
+		}
+	}
+	// Load balancer IPs.
+	for _, ip := range lbIPs {
+		if sets.any {
+			dispatch = append(dispatch, dispatchEntry{addr: ip, proto: proto, port: svc.Port, comment: str + " loadbalancer IP", target: lbChain})
+		}
+		if usesFW {
+			out.filterRule(ChainProxyFirewall, destMatch(ip, proto, svc.Port, str+" traffic not accepted by "+fwChain).add("-j", "DROP"))
+		}
+	}
+	if !hasExternal {
+		for _, ip := range lbIPs {
+			out.filterRule(ChainExternalServices, destMatch(ip, proto, svc.Port, externalWhy).add("-j", externalVerdict))
+		}
+	}
+	// The NodePort (never subject to the source ranges).
+	if svc.NodePort != 0 {
+		if sets.any {
+			out.natRule(ChainNodePorts, portMatch(proto, svc.NodePort, str).add("-j", extChain))
+		}
+		if !hasExternal {
+			p := protoLower(proto)
+			out.filterRule(ChainExternalServices, comment(externalWhy).add("-m", "addrtype", "--dst-type", "LOCAL",
+				"-p", p, "-m", p, "--dport", fmt.Sprint(svc.NodePort), "-j", externalVerdict))
+		}
+	}
+	// The health check node port is always open in the filter table.
+	if svc.HealthCheckNodePort != 0 {
+		out.filterRule(ChainNodePorts, portMatch(v1.ProtocolTCP, svc.HealthCheckNodePort, str+" health check node port").add("-j", "ACCEPT"))
+	}
+
+	// Masquerade off-cluster traffic to the cluster IP.
+	if hasInternal {
+		m := destMatch(vip, proto, svc.Port, str+" cluster IP")
+		if cfg.MasqueradeAll {
+			out.natRule(internalChain, m.add("-j", ChainMarkMasq))
+		} else if cfg.ClusterCIDR.IsValid() {
+			out.natRule(internalChain, m.add("!", "-s", cfg.ClusterCIDR.String(), "-j", ChainMarkMasq))
+		}
+	}
+
+	// External traffic: SWY-EXT.
+	if usesExternalChain {
+		out.natChain(extChain, nil)
+		if !externalLocal {
+			out.natRule(extChain, comment("masquerade traffic for "+str+" external destinations").add("-j", ChainMarkMasq))
+		} else {
+			if cfg.ClusterCIDR.IsValid() {
+				// Pod traffic to an external address is sent to any endpoint,
+				// as if it had gone out to the load balancer and back.
+				out.natRule(extChain, comment("pod traffic for "+str+" external destinations").add("-s", cfg.ClusterCIDR.String(), "-j", svcChain))
+			}
+			// The node's own traffic to an external address: its source is a
+			// local address, so it must be masqueraded, and it goes anywhere.
+			out.natRule(extChain, comment("masquerade LOCAL traffic for "+str+" external destinations").add("-m", "addrtype", "--src-type", "LOCAL", "-j", ChainMarkMasq))
+			out.natRule(extChain, comment("route LOCAL traffic for "+str+" external destinations").add("-m", "addrtype", "--src-type", "LOCAL", "-j", svcChain))
+		}
+		if hasExternal {
+			out.natRule(extChain, ruleBuilder{"-j", externalPolicyChain})
+		}
+	}
+
+	// Source ranges: SWY-FW.
+	if usesFW {
+		out.natChain(fwChain, nil)
+		c := comment(str + " loadbalancer IP")
+		allowFromNode := false
+		primary, hasPrimary := snap.Node.PrimaryIP(cfg.Family)
+		for _, r := range svc.LoadBalancerSourceRanges {
+			if r.Addr().Is4() != (cfg.Family == v1.IPv4Protocol) {
+				continue
+			}
+			out.natRule(fwChain, c.add("-s", r.String(), "-j", extChain))
+			if hasPrimary && r.Contains(primary) {
+				allowFromNode = true
+			}
+		}
+		// A VIP-like load balancer's address is often local to the node:
+		// the node's own requests then come from the LB IP.
+		if allowFromNode {
+			for _, ip := range lbIPs {
+				out.natRule(fwChain, c.add("-s", hostPrefix(ip), "-j", extChain))
+			}
+		}
+		out.natRule(fwChain, comment("other traffic to "+str+" will be dropped by "+ChainProxyFirewall))
+	}
+
+	// The policy chains and the endpoint chains.
+	usesClusterChain := len(sets.cluster) > 0 && usesCluster
+	usesLocalChain := len(sets.local) > 0 && usesLocal
+	if usesClusterChain {
+		writeEndpointRules(out, svcChain, svc, sets.cluster)
+	}
+	if usesLocalChain {
+		writeEndpointRules(out, svlChain, svc, sets.local)
+	}
+	seen := map[string]bool{}
+	for _, ep := range append(append([]Endpoint{}, sets.cluster...), sets.local...) {
+		sep := EndpointChainName(name, ep)
+		if seen[sep] {
+			continue
+		}
+		seen[sep] = true
+		p := protoLower(proto)
+		out.natRule(sep, ruleBuilder{"-s", hostPrefix(ep.Addr)}.add(comment(str)...).add("-j", ChainMarkMasq))
+		dnat := ruleBuilder{"-p", p}.add(comment(str)...)
+		if svc.AffinityTimeout > 0 {
+			dnat = dnat.add("-m", "recent", "--name", sep, "--set")
+		}
+		out.natRule(sep, dnat.add("-m", p, "-j", "DNAT", "--to-destination", ep.String()))
+	}
+	return dispatch
+}
+
+// hasUsable reports whether any endpoint of the family is usable anywhere.
+func hasUsable(all []Endpoint, family v1.IPFamily) bool {
+	for _, ep := range all {
+		if familyOf(ep.Addr) == family && (ep.Ready || ep.Serving && ep.Terminating) {
+			return true
+		}
+	}
+	return false
+}
+
+// writeEndpointRules fills a policy chain (SVC or SVL): affinity checks,
+// then one rule per endpoint with probability 1/(n-i).
+func writeEndpointRules(out *output, chain string, svc *ServicePort, eps []Endpoint) {
+	str := svc.Name.String()
+	if _, ok := out.nat[chain]; !ok {
+		out.natChain(chain, nil)
+	}
+	if svc.AffinityTimeout > 0 {
+		for _, ep := range eps {
+			sep := EndpointChainName(svc.Name, ep)
+			out.natRule(chain, comment(str+" -> "+ep.String()).add("-m", "recent", "--name", sep, "--rcheck",
+				"--seconds", fmt.Sprint(svc.AffinityTimeout), "--reap", "-j", sep))
+		}
+	}
+	for i, ep := range eps {
+		r := comment(str + " -> " + ep.String())
+		if left := len(eps) - i; left > 1 {
+			r = r.add("-m", "statistic", "--mode", "random", "--probability", fmt.Sprintf("%0.10f", 1.0/float64(left)))
+		}
+		out.natRule(chain, r.add("-j", EndpointChainName(svc.Name, ep)))
+	}
+}
