@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -33,10 +34,12 @@ type daemonOptions struct {
 	minSyncPeriod time.Duration
 	backend       string
 	dryRun        bool
+	conntrack     hostpkg.ConntrackConfig
 }
 
 func newDaemonOptions() *daemonOptions {
-	return &daemonOptions{syncPeriod: 30 * time.Second, minSyncPeriod: 100 * time.Millisecond, backend: "auto"}
+	return &daemonOptions{syncPeriod: 30 * time.Second, minSyncPeriod: 100 * time.Millisecond, backend: "auto",
+		conntrack: hostpkg.ConntrackConfig{MaxPerCore: 32768, Min: 131072, TCPEstablished: 24 * time.Hour, TCPCloseWait: time.Hour}}
 }
 
 func (o *daemonOptions) AddFlags(fs *pflag.FlagSet) {
@@ -47,6 +50,12 @@ func (o *daemonOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.minSyncPeriod, "iptables-min-sync-period", o.minSyncPeriod, "The least time between two syncs; changes inside it are applied together")
 	fs.StringVar(&o.backend, "iptables-backend", o.backend, "iptables backend: auto (whichever the host uses), legacy or nft")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Log each iptables-restore batch instead of applying it (needs no root)")
+	fs.IntVar(&o.conntrack.MaxPerCore, "conntrack-max-per-core", o.conntrack.MaxPerCore, "nf_conntrack_max per CPU core (0 leaves nf_conntrack_max alone)")
+	fs.IntVar(&o.conntrack.Min, "conntrack-min", o.conntrack.Min, "The least nf_conntrack_max, whatever the cores")
+	fs.DurationVar(&o.conntrack.TCPEstablished, "conntrack-tcp-timeout-established", o.conntrack.TCPEstablished, "Idle timeout of established TCP connections (0 leaves it alone)")
+	fs.DurationVar(&o.conntrack.TCPCloseWait, "conntrack-tcp-timeout-close-wait", o.conntrack.TCPCloseWait, "Timeout of TCP connections in CLOSE_WAIT (0 leaves it alone)")
+	fs.DurationVar(&o.conntrack.UDPTimeout, "conntrack-udp-timeout", 0, "Idle timeout of UDP flows (0 leaves it alone)")
+	fs.DurationVar(&o.conntrack.UDPStreamTimeout, "conntrack-udp-timeout-stream", 0, "Idle timeout of UDP streams (0 leaves it alone)")
 }
 
 func (o *daemonOptions) Validate() error {
@@ -98,6 +107,21 @@ func (o *daemonOptions) ensureRouteLocalnet(logger klog.Logger, reporter *watch.
 	}
 	if changed {
 		logger.Info("Set route_localnet=1 so NodePorts answer on 127.0.0.1; to avoid it pass --iptables-localhost-nodeports=false or --nodeport-addresses without loopback")
+	}
+}
+
+// applyConntrack writes the conntrack settings; any it cannot write (inside
+// a network namespace nf_conntrack_max is read-only) is a warning.
+func (o *daemonOptions) applyConntrack(logger klog.Logger, reporter *watch.EventReporter, nodeRef *v1.ObjectReference) {
+	o.conntrack.TCPBeLiberal = o.beLiberal
+	if o.dryRun {
+		logger.Info("Dry run: would apply conntrack settings", "settings", o.conntrack)
+		return
+	}
+	params := hostpkg.ProcSysctl{Root: "/sys/module/nf_conntrack/parameters"}
+	if err := hostpkg.ApplyConntrack(hostpkg.ProcSysctl{}, params, o.conntrack, runtime.NumCPU()); err != nil {
+		logger.Error(err, "Some conntrack settings could not be written; the kernel's values stay")
+		reporter.Warn(nodeRef, "ConntrackSettingsUnavailable", err.Error())
 	}
 }
 
@@ -157,7 +181,12 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 
 	reporter := watch.NewEventReporter(ctx, client, o.hostname)
 	nodeRef := &v1.ObjectReference{Kind: "Node", Name: o.hostname, UID: types.UID(o.hostname)}
+	o.applyConntrack(logger, reporter, nodeRef)
 	renderCfg := o.renderConfig(v1.IPv4Protocol)
+	if v, err := (hostpkg.ProcSysctl{}).Get(hostpkg.ConntrackTCPBeLiberal); err == nil && v != "0" {
+		logger.Info("nf_conntrack_tcp_be_liberal is set: not installing the rule that drops INVALID packets")
+		renderCfg.ConntrackTCPBeLiberal = true
+	}
 	if renderCfg.LocalhostNodePortsActive() {
 		o.ensureRouteLocalnet(logger, reporter, nodeRef)
 	}

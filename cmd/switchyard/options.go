@@ -22,6 +22,10 @@ type ruleOptions struct {
 	proxyName     string
 	nodePortAddrs []string
 	localhostNP   bool
+	detectLocal   string
+	bridgeIf      string
+	ifPrefix      string
+	beLiberal     bool
 
 	// completed
 	cidrs           map[v1.IPFamily]netip.Prefix
@@ -37,6 +41,10 @@ func (o *ruleOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.proxyName, "service-proxy-name", "", "Handle only Services labelled service.kubernetes.io/service-proxy-name=NAME (default: only Services without that label)")
 	fs.StringSliceVar(&o.nodePortAddrs, "nodeport-addresses", nil, "CIDRs of the local addresses that accept NodePort traffic, or \"primary\" for the node's primary IP per family (default: all local addresses)")
 	fs.BoolVar(&o.localhostNP, "iptables-localhost-nodeports", true, "Let NodePorts answer on 127.0.0.1 (IPv4; needs route_localnet, set only then)")
+	fs.StringVar(&o.detectLocal, "detect-local-mode", proxier.DetectClusterCIDR, "How to tell pod traffic: ClusterCIDR (from --cluster-cidr), NodeCIDR (the Node's podCIDRs), BridgeInterface (--pod-bridge-interface) or InterfaceNamePrefix (--pod-interface-name-prefix)")
+	fs.StringVar(&o.bridgeIf, "pod-bridge-interface", "", "The bridge pods sit on, for --detect-local-mode=BridgeInterface")
+	fs.StringVar(&o.ifPrefix, "pod-interface-name-prefix", "", "The prefix of pods' host-side interfaces, for --detect-local-mode=InterfaceNamePrefix")
+	fs.BoolVar(&o.beLiberal, "conntrack-tcp-be-liberal", false, "Set nf_conntrack_tcp_be_liberal and leave out the rule dropping INVALID packets")
 }
 
 func (o *ruleOptions) Complete() error {
@@ -92,20 +100,46 @@ func (o *ruleOptions) Validate() error {
 	if o.masqBit < 0 || o.masqBit > 31 {
 		return usagef("--iptables-masquerade-bit: %d is not between 0 and 31", o.masqBit)
 	}
+	switch o.detectLocal {
+	case proxier.DetectClusterCIDR, proxier.DetectNodeCIDR:
+	case proxier.DetectBridgeInterface:
+		if o.bridgeIf == "" {
+			return usagef("--detect-local-mode=BridgeInterface needs --pod-bridge-interface")
+		}
+	case proxier.DetectInterfaceNamePrefix:
+		if o.ifPrefix == "" {
+			return usagef("--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix")
+		}
+	default:
+		return usagef("--detect-local-mode: %q is not ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix", o.detectLocal)
+	}
 	return nil
+}
+
+func (o *ruleOptions) detector() proxier.LocalDetector {
+	d := proxier.LocalDetector{Mode: o.detectLocal}
+	switch o.detectLocal {
+	case proxier.DetectBridgeInterface:
+		d.Interface = o.bridgeIf
+	case proxier.DetectInterfaceNamePrefix:
+		d.Interface = o.ifPrefix
+	}
+	return d
 }
 
 func (o *ruleOptions) filter() proxier.Filter { return proxier.Filter{ProxyName: o.proxyName} }
 
 func (o *ruleOptions) renderConfig(family v1.IPFamily) proxier.RenderConfig {
 	return proxier.RenderConfig{
-		Family:             family,
-		ClusterCIDR:        o.cidrs[family],
-		MasqueradeAll:      o.masqueradeAll,
-		MasqueradeBit:      o.masqBit,
-		NodePortAddresses:  o.nodePortCIDRs,
-		NodePortPrimary:    o.nodePortPrimary,
-		LocalhostNodePorts: o.localhostNP,
+		Family:                family,
+		ClusterCIDR:           o.cidrs[family],
+		DetectLocal:           o.detector(),
+		ConntrackTCPBeLiberal: o.beLiberal,
+		MasqueradeAll:         o.masqueradeAll,
+		MasqueradeBit:         o.masqBit,
+		NodePortAddresses:     o.nodePortCIDRs,
+		NodePortPrimary:       o.nodePortPrimary,
+		LocalhostNodePorts:    o.localhostNP,
 	}
 }
 

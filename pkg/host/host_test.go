@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestEnsure(t *testing.T) {
@@ -43,4 +44,32 @@ func TestInterfaceAddrsIncludesLoopback(t *testing.T) {
 		}
 	}
 	t.Errorf("no loopback address among %v", addrs)
+}
+
+func TestApplyConntrack(t *testing.T) {
+	sys := &FakeSysctl{Values: map[string]string{ConntrackMax: "65536", ConntrackTCPEstablished: "432000"}}
+	params := &FakeSysctl{Values: map[string]string{"hashsize": "16384"}}
+	c := ConntrackConfig{MaxPerCore: 32768, Min: 131072, TCPEstablished: 24 * time.Hour, TCPCloseWait: time.Hour, TCPBeLiberal: true}
+	if err := ApplyConntrack(sys, params, c, 2); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{ConntrackMax: "131072", ConntrackTCPEstablished: "86400", ConntrackTCPCloseWait: "3600", ConntrackTCPBeLiberal: "1"} {
+		if got := sys.Values[name]; got != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+	}
+	if params.Values["hashsize"] != "32768" {
+		t.Errorf("hashsize = %q, want 32768", params.Values["hashsize"])
+	}
+	if _, ok := sys.Values[ConntrackUDPTimeout]; ok {
+		t.Error("a zero UDP timeout was written")
+	}
+	if ConntrackMaxFor(ConntrackConfig{MaxPerCore: 32768, Min: 1}, 8) != 262144 || ConntrackMaxFor(ConntrackConfig{}, 8) != 0 {
+		t.Error("ConntrackMaxFor")
+	}
+	// Read-only (a network namespace): every setting is reported, none fatal.
+	ro := &FakeSysctl{ReadOnly: true}
+	if err := ApplyConntrack(ro, params, c, 2); err == nil {
+		t.Error("read-only sysctls reported no error")
+	}
 }

@@ -406,6 +406,9 @@ func (t *tracer) generic(g Option, s state) (ok, known bool) {
 		v = strings.ToLower(v)
 		return v == "all" || v == "0" || v == strings.ToLower(p.Protocol), true
 	case "-i":
+		if t.trace.Local {
+			return false, true // locally generated: no input interface
+		}
 		if p.InIface == "" {
 			return false, false
 		}

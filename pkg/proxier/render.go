@@ -44,10 +44,13 @@ const (
 // one IP family.
 type RenderConfig struct {
 	Family v1.IPFamily
-	// ClusterCIDR, when valid, is the pod network of this family: traffic to
-	// a ClusterIP from outside it is masqueraded, and traffic from inside it
-	// counts as pod traffic for externalTrafficPolicy Local.
-	ClusterCIDR   netip.Prefix
+	// ClusterCIDR, when valid, is the pod network of this family.
+	ClusterCIDR netip.Prefix
+	// DetectLocal decides which traffic comes from a pod (see LocalDetector):
+	// traffic to a ClusterIP from anything else is masqueraded, and pod
+	// traffic to an external address of an externalTrafficPolicy Local
+	// Service is short-circuited.
+	DetectLocal   LocalDetector
 	MasqueradeAll bool
 	MasqueradeBit int
 	// NodePortAddresses limits the local addresses that accept NodePort
@@ -59,6 +62,54 @@ type RenderConfig struct {
 	// LocalhostNodePorts lets NodePorts answer on 127.0.0.0/8 (IPv4 only,
 	// and only when NodePortAddresses is empty or includes loopback).
 	LocalhostNodePorts bool
+	// ConntrackTCPBeLiberal means nf_conntrack_tcp_be_liberal is set: then
+	// out-of-window packets are not INVALID and the INVALID drop is left out.
+	ConntrackTCPBeLiberal bool
+}
+
+// Local-traffic detection modes, as kube-proxy's --detect-local-mode.
+const (
+	DetectClusterCIDR         = "ClusterCIDR"
+	DetectNodeCIDR            = "NodeCIDR"
+	DetectBridgeInterface     = "BridgeInterface"
+	DetectInterfaceNamePrefix = "InterfaceNamePrefix"
+)
+
+// LocalDetector says how to recognise traffic from this node's pods. The
+// zero value (and ClusterCIDR mode without a CIDR) detects nothing.
+type LocalDetector struct {
+	// Mode is one of the Detect* constants; empty means ClusterCIDR.
+	Mode string
+	// Interface is the bridge (BridgeInterface) or the interface name
+	// prefix (InterfaceNamePrefix).
+	Interface string
+}
+
+// localMatch returns the match arguments for "from a pod" and "not from a
+// pod", or ok=false when nothing can be detected (yet: NodeCIDR mode waits
+// for the Node's podCIDRs).
+func localMatch(snap *Snapshot, cfg RenderConfig) (local, notLocal []string, ok bool) {
+	switch cfg.DetectLocal.Mode {
+	case "", DetectClusterCIDR:
+		if cfg.ClusterCIDR.IsValid() {
+			return []string{"-s", cfg.ClusterCIDR.String()}, []string{"!", "-s", cfg.ClusterCIDR.String()}, true
+		}
+	case DetectNodeCIDR:
+		for _, p := range snap.Node.PodCIDRs {
+			if p.Addr().Is4() == (cfg.Family == v1.IPv4Protocol) {
+				return []string{"-s", p.String()}, []string{"!", "-s", p.String()}, true
+			}
+		}
+	case DetectBridgeInterface:
+		if cfg.DetectLocal.Interface != "" {
+			return []string{"-i", cfg.DetectLocal.Interface}, []string{"!", "-i", cfg.DetectLocal.Interface}, true
+		}
+	case DetectInterfaceNamePrefix:
+		if cfg.DetectLocal.Interface != "" {
+			return []string{"-i", cfg.DetectLocal.Interface + "+"}, []string{"!", "-i", cfg.DetectLocal.Interface + "+"}, true
+		}
+	}
+	return nil, nil, false
 }
 
 // MasqMark is the mark value of the masquerade bit, e.g. "0x4000".
@@ -246,11 +297,11 @@ func Render(snap *Snapshot, cfg RenderConfig) *Rules {
 	}
 	out.nat[ChainMarkMasq] = []string{ruleBuilder{"-j", "MARK", "--or-mark", masq}.String()}
 
-	out.filter[ChainForward] = []string{
-		ruleBuilder{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}.String(),
-		comment("switchyard forwarding rules").add("-m", "mark", "--mark", masq+"/"+masq, "-j", "ACCEPT").String(),
-		comment("switchyard forwarding conntrack rule").add("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT").String(),
+	if !cfg.ConntrackTCPBeLiberal {
+		out.filterRule(ChainForward, ruleBuilder{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"})
 	}
+	out.filterRule(ChainForward, comment("switchyard forwarding rules").add("-m", "mark", "--mark", masq+"/"+masq, "-j", "ACCEPT"))
+	out.filterRule(ChainForward, comment("switchyard forwarding conntrack rule").add("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"))
 	if cfg.LocalhostNodePortsActive() {
 		// route_localnet opens 127.0.0.0/8 to the network; drop what did not
 		// come from loopback and was not NATed, as kubelet and kube-proxy do.

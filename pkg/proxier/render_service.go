@@ -37,21 +37,95 @@ func usable(eps []Endpoint) []Endpoint {
 
 // categorize splits a Service port's endpoints (of one family) into the
 // cluster-wide and node-local choices, each falling back to terminating
-// endpoints on its own, as kube-proxy does.
-func categorize(all []Endpoint, family v1.IPFamily, nodeName string) endpointSets {
+// endpoints on its own, as kube-proxy does. The cluster-wide choice honours
+// topology hints (see topologyMode).
+func categorize(all []Endpoint, family v1.IPFamily, node NodeInfo) endpointSets {
 	var eps, local []Endpoint
 	for _, ep := range all {
 		if familyOf(ep.Addr) != family {
 			continue
 		}
 		eps = append(eps, ep)
-		if nodeName != "" && ep.NodeName == nodeName {
+		if node.Name != "" && ep.NodeName == node.Name {
 			local = append(local, ep)
 		}
 	}
-	s := endpointSets{cluster: usable(eps), local: usable(local)}
+	mode := topologyMode(eps, node.Name, node.Zone)
+	var cluster []Endpoint
+	for _, ep := range eps {
+		if ep.Ready && availableForTopology(ep, mode, node.Name, node.Zone) {
+			cluster = append(cluster, ep)
+		}
+	}
+	if len(cluster) == 0 {
+		// No ready endpoint anywhere (a topology mode is only chosen when
+		// one matches): fall back to serving-but-terminating ones.
+		cluster = usable(eps)
+	}
+	s := endpointSets{cluster: cluster, local: usable(local)}
 	s.any = len(s.cluster) > 0
 	return s
+}
+
+// Topology modes chosen from EndpointSlice hints.
+const (
+	topologySameNode = "PreferSameNode"
+	topologySameZone = "PreferSameZone"
+)
+
+// topologyMode picks how to use the hints the EndpointSlice controller set
+// for spec.trafficDistribution: same-node when every ready endpoint has a
+// node hint and one is for this node; otherwise same-zone when every ready
+// endpoint has a zone hint and one is for this node's zone; otherwise none
+// (all endpoints), as kube-proxy decides.
+func topologyMode(eps []Endpoint, nodeName, zone string) string {
+	anyReady := false
+	allNode, forNode := true, false
+	allZone, forZone := true, false
+	for _, ep := range eps {
+		if !ep.Ready {
+			continue
+		}
+		anyReady = true
+		if len(ep.NodeHints) == 0 {
+			allNode = false
+		} else if contains(ep.NodeHints, nodeName) {
+			forNode = true
+		}
+		if len(ep.ZoneHints) == 0 {
+			allZone = false
+		} else if zone != "" && contains(ep.ZoneHints, zone) {
+			forZone = true
+		}
+	}
+	switch {
+	case !anyReady:
+		return ""
+	case allNode && forNode:
+		return topologySameNode
+	case allZone && forZone:
+		return topologySameZone
+	}
+	return ""
+}
+
+func availableForTopology(ep Endpoint, mode, nodeName, zone string) bool {
+	switch mode {
+	case topologySameNode:
+		return contains(ep.NodeHints, nodeName)
+	case topologySameZone:
+		return contains(ep.ZoneHints, zone)
+	}
+	return true
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
 }
 
 // familyAddrs keeps the addresses of one family.
@@ -82,7 +156,7 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 	externalLocal := svc.ExternalPolicyLocal && externallyAccessible
 	internalLocal := svc.InternalPolicyLocal
 
-	sets := categorize(snap.Endpoints[name], cfg.Family, snap.Node.Name)
+	sets := categorize(snap.Endpoints[name], cfg.Family, snap.Node)
 	usesCluster := !internalLocal || externallyAccessible
 	usesLocal := internalLocal || externalLocal
 	if !usesLocal {
@@ -170,8 +244,8 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 		m := destMatch(vip, proto, svc.Port, str+" cluster IP")
 		if cfg.MasqueradeAll {
 			out.natRule(internalChain, m.add("-j", ChainMarkMasq))
-		} else if cfg.ClusterCIDR.IsValid() {
-			out.natRule(internalChain, m.add("!", "-s", cfg.ClusterCIDR.String(), "-j", ChainMarkMasq))
+		} else if _, notLocal, ok := localMatch(snap, cfg); ok {
+			out.natRule(internalChain, m.add(notLocal...).add("-j", ChainMarkMasq))
 		}
 	}
 
@@ -181,10 +255,10 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 		if !externalLocal {
 			out.natRule(extChain, comment("masquerade traffic for "+str+" external destinations").add("-j", ChainMarkMasq))
 		} else {
-			if cfg.ClusterCIDR.IsValid() {
+			if local, _, ok := localMatch(snap, cfg); ok {
 				// Pod traffic to an external address is sent to any endpoint,
 				// as if it had gone out to the load balancer and back.
-				out.natRule(extChain, comment("pod traffic for "+str+" external destinations").add("-s", cfg.ClusterCIDR.String(), "-j", svcChain))
+				out.natRule(extChain, comment("pod traffic for "+str+" external destinations").add(local...).add("-j", svcChain))
 			}
 			// The node's own traffic to an external address: its source is a
 			// local address, so it must be masqueraded, and it goes anywhere.

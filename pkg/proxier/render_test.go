@@ -47,12 +47,17 @@ func TestGolden(t *testing.T) {
 		{name: "basic-masquerade-all", file: "basic.yaml", cfg: func(c *RenderConfig) { c.MasqueradeAll = true }},
 		{name: "basic-no-cluster-cidr", file: "basic.yaml", cfg: func(c *RenderConfig) { c.ClusterCIDR = netip.Prefix{} }},
 		{name: "basic-masquerade-bit-3", file: "basic.yaml", cfg: func(c *RenderConfig) { c.MasqueradeBit = 3 }},
+		{name: "basic-tcp-be-liberal", file: "basic.yaml", cfg: func(c *RenderConfig) { c.ConntrackTCPBeLiberal = true }},
 		{name: "multiport", file: "multiport.yaml"},
 		{name: "affinity", file: "affinity.yaml"},
 		{name: "terminating", file: "terminating.yaml"},
 		{name: "skipped", file: "skipped.yaml"},
 		{name: "list", file: "list.yaml"},
 		{name: "external", file: "external.yaml"},
+		{name: "internal", file: "internal.yaml"},
+		{name: "internal-detect-bridge", file: "internal.yaml", cfg: func(c *RenderConfig) {
+			c.DetectLocal = LocalDetector{Mode: DetectBridgeInterface, Interface: "cbr0"}
+		}},
 		{name: "external-nodeport-addresses", file: "external.yaml", cfg: func(c *RenderConfig) {
 			c.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.50.0/24")}
 		}},
