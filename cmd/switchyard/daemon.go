@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard-proxy/switchyard/pkg/conntrack"
 	"github.com/switchyard-proxy/switchyard/pkg/healthcheck"
 	hostpkg "github.com/switchyard-proxy/switchyard/pkg/host"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
@@ -193,6 +194,9 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 
 	tracker := watch.NewTracker(logger, o.filter(), o.hostname, nil, reporter)
 	syncer := proxier.NewSyncer(renderCfg, host)
+	if !o.dryRun {
+		syncer.Conntrack = conntrack.Netlink{}
+	}
 	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, FullSyncPeriod: time.Hour}, tracker, syncer)
 	tracker.SetNotify(p.RequestSync)
 	p.HostAddrs = func() []netip.Addr {

@@ -10,8 +10,10 @@ import (
 	"sync"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard-proxy/switchyard/pkg/conntrack"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 )
 
@@ -36,11 +38,15 @@ type SyncResult struct {
 type Syncer struct {
 	Config RenderConfig
 	Host   iptables.Interface
+	// Conntrack, when set, has stale UDP flows deleted after every sync.
+	Conntrack conntrack.Interface
 
 	mu       sync.Mutex
 	applied  applied // nil: unknown, next sync is full
 	lastFull time.Time
 	rules    *Rules
+	// lastUDP are the UDP frontends of the last successful sync.
+	lastUDP udpFrontends
 }
 
 // NewSyncer returns a syncer whose first sync is full.
@@ -103,6 +109,7 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	}
 	s.applied = toApplied(rules)
 	s.rules = rules
+	s.cleanConntrack(ctx, snap)
 	if full {
 		s.lastFull = time.Now()
 	}
@@ -111,6 +118,33 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	klog.FromContext(ctx).V(2).Info("Synced rules", "family", s.Config.Family, "full", full,
 		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "bytes", res.Bytes, "elapsed", res.Elapsed)
 	return res, nil
+}
+
+// cleanConntrack deletes stale UDP flows, now that the rules send new
+// packets to the right place. Failures are logged: the next sync retries.
+func (s *Syncer) cleanConntrack(ctx context.Context, snap *Snapshot) {
+	if s.Conntrack == nil {
+		return
+	}
+	cur := udpFrontendsOf(snap, s.Config.Family)
+	check := udpFrontendsOf(snap, s.Config.Family).withGone(s.lastUDP)
+	if check.empty() {
+		s.lastUDP = cur
+		return
+	}
+	start := time.Now()
+	n, err := s.Conntrack.DeleteUDP(s.Config.Family == v1.IPv6Protocol, check.stale)
+	logger := klog.FromContext(ctx)
+	if err != nil {
+		// Keep the gone frontends so the next sync looks for them again.
+		s.lastUDP = check
+		logger.Error(err, "Deleting stale UDP conntrack entries failed; will retry on the next sync", "family", s.Config.Family, "deleted", n)
+		return
+	}
+	s.lastUDP = cur
+	if n > 0 {
+		logger.V(2).Info("Deleted stale UDP conntrack entries", "family", s.Config.Family, "deleted", n, "elapsed", time.Since(start))
+	}
 }
 
 // jumpsKnownGood is true when the jumps were ensured by an earlier sync and

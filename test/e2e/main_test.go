@@ -103,3 +103,10 @@ func run(m *testing.M) int {
 func deleteService(namespace, name string) error {
 	return c.Client.CoreV1().Services(namespace).Delete(context.Background(), name, metav1.DeleteOptions{})
 }
+
+func deleteNow() metav1.DeleteOptions {
+	zero := int64(0)
+	return metav1.DeleteOptions{GracePeriodSeconds: &zero}
+}
+
+func itoa(n int32) string { return fmt.Sprint(n) }

@@ -163,3 +163,46 @@ func (n *NS) HTTPGet(url string, timeout time.Duration) (*http.Response, []byte,
 	body, err := io.ReadAll(resp.Body)
 	return resp, body, err
 }
+
+// UDPSession is one UDP socket inside a namespace, connected to a fixed
+// address: every datagram it sends belongs to the same conntrack flow, as
+// with a long-lived DNS or statsd client.
+type UDPSession struct {
+	conn net.Conn
+	addr string
+}
+
+// DialUDP opens a session from inside the namespace.
+func (n *NS) DialUDP(addr string) (*UDPSession, error) {
+	var c net.Conn
+	err := n.Do(func() (err error) {
+		c, err = net.Dial("udp", addr)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &UDPSession{conn: c, addr: addr}, nil
+}
+
+// Ask sends one datagram and waits for the answer. An ICMP error from an
+// earlier datagram (a REJECT) shows up as ECONNREFUSED.
+func (s *UDPSession) Ask(timeout time.Duration) (Answer, error) {
+	_ = s.conn.SetDeadline(time.Now().Add(timeout))
+	if _, err := s.conn.Write([]byte("hello\n")); err != nil {
+		return Answer{}, err
+	}
+	buf := make([]byte, 2048)
+	m, err := s.conn.Read(buf)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return Answer{}, fmt.Errorf("udp %s: %w", s.addr, ErrNoAnswer)
+		}
+		return Answer{}, err
+	}
+	return parseAnswer(string(buf[:m]), s.addr)
+}
+
+// Close closes the socket.
+func (s *UDPSession) Close() error { return s.conn.Close() }

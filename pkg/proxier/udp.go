@@ -1,0 +1,82 @@
+package proxier
+
+import (
+	"net/netip"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard-proxy/switchyard/pkg/conntrack"
+)
+
+// udpFrontends are the addresses UDP clients send to (cluster IPs,
+// external IPs, LB IPs, NodePorts) with the endpoints allowed to answer.
+type udpFrontends struct {
+	addrs     map[netip.AddrPort]map[netip.AddrPort]bool
+	nodePorts map[uint16]map[netip.AddrPort]bool
+}
+
+func (u udpFrontends) empty() bool { return len(u.addrs) == 0 && len(u.nodePorts) == 0 }
+
+// udpFrontendsOf lists the UDP frontends of one family with their serving
+// endpoints. A frontend without endpoints has an empty set: then every
+// translated flow to it is stale.
+func udpFrontendsOf(snap *Snapshot, family v1.IPFamily) udpFrontends {
+	u := udpFrontends{addrs: map[netip.AddrPort]map[netip.AddrPort]bool{}, nodePorts: map[uint16]map[netip.AddrPort]bool{}}
+	for name, svc := range snap.Services {
+		if name.Protocol != v1.ProtocolUDP {
+			continue
+		}
+		vip, ok := svc.ClusterIP(family)
+		if !ok {
+			continue
+		}
+		eps := map[netip.AddrPort]bool{}
+		for _, ep := range snap.Endpoints[name] {
+			if ep.Serving && familyOf(ep.Addr) == family {
+				eps[netip.AddrPortFrom(ep.Addr, uint16(ep.Port))] = true
+			}
+		}
+		port := uint16(svc.Port)
+		u.addrs[netip.AddrPortFrom(vip, port)] = eps
+		for _, ip := range append(familyAddrs(svc.ExternalIPs, family), familyAddrs(svc.LoadBalancerIPs, family)...) {
+			u.addrs[netip.AddrPortFrom(ip, port)] = eps
+		}
+		if svc.NodePort != 0 {
+			u.nodePorts[uint16(svc.NodePort)] = eps
+		}
+	}
+	return u
+}
+
+// withGone adds the frontends of prev that cur no longer has (a Service or
+// one of its addresses deleted), with no endpoints, so their flows go too.
+func (u udpFrontends) withGone(prev udpFrontends) udpFrontends {
+	for a := range prev.addrs {
+		if _, ok := u.addrs[a]; !ok {
+			u.addrs[a] = map[netip.AddrPort]bool{}
+		}
+	}
+	for p := range prev.nodePorts {
+		if _, ok := u.nodePorts[p]; !ok {
+			u.nodePorts[p] = map[netip.AddrPort]bool{}
+		}
+	}
+	return u
+}
+
+// stale says whether a UDP flow must be deleted: it was sent to one of our
+// frontends and its replies come from anything but a current serving
+// endpoint. That covers flows to endpoints that are gone, flows created
+// while a Service had no endpoints (never translated: the reply source is
+// the frontend itself), and flows of Services that went to zero endpoints
+// or were deleted. A flow to a current endpoint is never touched, so a
+// restart does not disturb live UDP sessions.
+func (u udpFrontends) stale(f conntrack.Flow) bool {
+	if eps, ok := u.addrs[f.OrigDst]; ok {
+		return !eps[f.ReplySrc]
+	}
+	if eps, ok := u.nodePorts[f.OrigDst.Port()]; ok {
+		return !eps[f.ReplySrc]
+	}
+	return false
+}
