@@ -5,8 +5,8 @@ import (
 	"net/netip"
 	"testing"
 
-	v1 "k8s.io/api/core/v1"
 	"golang.org/x/sys/unix"
+	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchyard-proxy/switchyard/pkg/conntrack"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
