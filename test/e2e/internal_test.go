@@ -1,0 +1,108 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/switchyard-proxy/switchyard/test/e2e/cluster"
+	"github.com/switchyard-proxy/switchyard/test/netns"
+)
+
+func TestInternalTrafficPolicyLocal(t *testing.T) {
+	ns := c.Namespace(t)
+	c.StartPod(t, ns, cluster.PodOptions{Name: "local-1", Labels: map[string]string{"app": "itp"}, Node: c.Nodes[0]})
+	svc := c.CreateService(t, ns, "itp", cluster.ServiceOptions{Mutate: func(s *v1.Service) {
+		s.Spec.InternalTrafficPolicy = ptr.To(v1.ServiceInternalTrafficPolicyLocal)
+	}})
+	withLocal := c.StartPod(t, ns, cluster.PodOptions{Name: "client-1", Node: c.Nodes[0]})
+	withoutLocal := c.StartPod(t, ns, cluster.PodOptions{Name: "client-2", Node: c.Nodes[1]})
+	cluster.OnlyReaches(t, withLocal.NS.NS, "tcp", cluster.Addr(svc, 80), []string{"local-1"}, 10)
+	// No local endpoint: dropped (no answer), not rejected.
+	cluster.NoAnswer(t, withoutLocal.NS.NS, cluster.Addr(svc, 80))
+}
+
+// A rolling replacement as a Deployment does it: a new pod becomes ready,
+// an old one terminates (still serving while the proxies catch up) and only
+// then goes away. A steady request loop must see no failure at all, also
+// while the last old pod serves alone as a terminating endpoint.
+func TestRollingReplacementUnderLoad(t *testing.T) {
+	ns := c.Namespace(t)
+	old := c.Deploy(t, ns, "roll", 2)
+	svc := c.CreateService(t, ns, "roll", cluster.ServiceOptions{})
+	client := c.StartPod(t, ns, cluster.PodOptions{Name: "client", Node: c.Nodes[0]})
+	addr := cluster.Addr(svc, 80)
+	cluster.ReachesAll(t, client.NS.NS, "tcp", addr, cluster.Names(old))
+
+	load := netns.StartLoad(100000, func() error {
+		_, err := cluster.Request(client.NS.NS, "tcp", addr)
+		return err
+	})
+	var current []string
+	for i, o := range old {
+		n := c.StartPod(t, ns, cluster.PodOptions{Name: "roll-new-" + itoa(int32(i+1)), Labels: map[string]string{"app": "roll"}, Node: o.Node})
+		current = append(current, n.Name)
+		o.Terminate(t)
+		// The terminating pod stops getting new connections...
+		keep := append(append([]string{}, current...), cluster.Names(old[i+1:])...)
+		cluster.OnlyReaches(t, client.NS.NS, "tcp", addr, keep, 20)
+		// ...and only then stops serving.
+		o.Delete(t)
+	}
+	// The last pod terminates with no replacement ready yet: it keeps
+	// serving as a terminating endpoint instead of the Service refusing.
+	lastNew := current[len(current)-1]
+	for _, name := range current[:len(current)-1] {
+		if err := c.Client.CoreV1().Pods(ns).Delete(context.Background(), name, deleteNow()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cluster.OnlyReaches(t, client.NS.NS, "tcp", addr, []string{lastNew}, 20)
+	grace := int64(3600)
+	if err := c.Client.CoreV1().Pods(ns).Delete(context.Background(), lastNew, metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {
+		t.Fatal(err)
+	}
+	cluster.OnlyReaches(t, client.NS.NS, "tcp", addr, []string{lastNew}, 20)
+
+	requests, failures, firstErr := load.Stop()
+	if failures > 0 {
+		t.Fatalf("%d of %d requests failed during the rolling replacement: %v", failures, requests, firstErr)
+	}
+	t.Logf("%d requests during the rolling replacement, none failed", requests)
+}
+
+func TestZoneHintsSteerTraffic(t *testing.T) {
+	ns := c.Namespace(t)
+	zoneA := c.StartPod(t, ns, cluster.PodOptions{Name: "in-zone-a", Labels: map[string]string{"app": "zoned"}, Node: c.Nodes[0]})
+	zoneB := c.StartPod(t, ns, cluster.PodOptions{Name: "in-zone-b", Labels: map[string]string{"app": "zoned"}, Node: c.Nodes[1]})
+	svc := c.CreateService(t, ns, "zoned", cluster.ServiceOptions{Mutate: func(s *v1.Service) {
+		s.Spec.TrafficDistribution = ptr.To(v1.ServiceTrafficDistributionPreferSameZone)
+	}})
+	clientA := c.StartPod(t, ns, cluster.PodOptions{Name: "client-a", Node: c.Nodes[0]})
+	clientB := c.StartPod(t, ns, cluster.PodOptions{Name: "client-b", Node: c.Nodes[1]})
+	addr := cluster.Addr(svc, 80)
+	cluster.OnlyReaches(t, clientA.NS.NS, "tcp", addr, []string{zoneA.Name}, 20)
+	cluster.OnlyReaches(t, clientB.NS.NS, "tcp", addr, []string{zoneB.Name}, 20)
+
+	// node-1 moves to zone-b: the EndpointSlice controller re-hints its pod
+	// and switchyard on node-1 follows its Node's new zone, without restart.
+	setZone(t, c.Nodes[0], "zone-b")
+	t.Cleanup(func() { setZone(t, c.Nodes[0], c.Nodes[0].Zone) })
+	cluster.ReachesAll(t, clientA.NS.NS, "tcp", addr, []string{zoneA.Name, zoneB.Name})
+}
+
+func setZone(t *testing.T, n *cluster.Node, zone string) {
+	t.Helper()
+	ctx := context.Background()
+	node, err := c.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Labels["topology.kubernetes.io/zone"] = zone
+	if _, err := c.Client.CoreV1().Nodes().Update(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
