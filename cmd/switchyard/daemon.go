@@ -92,6 +92,30 @@ func (o *daemonOptions) restConfig() (*rest.Config, error) {
 	return cfg, nil
 }
 
+// hostFor returns the iptables host layer for one family, or an error when
+// the node cannot proxy that family (no ip6tables, a kernel without IPv6).
+func (o *daemonOptions) hostFor(ctx context.Context, logger klog.Logger, family v1.IPFamily) (iptables.Interface, error) {
+	fam := iptables.IPv4
+	if family == v1.IPv6Protocol {
+		fam = iptables.IPv6
+		if _, err := os.Stat("/proc/net/if_inet6"); err != nil {
+			return nil, fmt.Errorf("the kernel has no IPv6: %w", err)
+		}
+	}
+	if o.dryRun {
+		return &iptables.DryRun{Logger: logger, Family: fam}, nil
+	}
+	runner, err := iptables.NewRunner(ctx, fam, iptables.Backend(o.backend))
+	if err != nil {
+		return nil, err
+	}
+	if err := runner.Probe(); err != nil {
+		return nil, fmt.Errorf("%s cannot read the nat table: %w", fam, err)
+	}
+	logger.Info("Using iptables", "backend", runner.Backend(), "family", runner.Family(), "why", runner.BackendReason())
+	return runner, nil
+}
+
 // ensureRouteLocalnet lets NodePorts answer on 127.0.0.1. A kernel that
 // refuses (a read-only /proc/sys, as in an unprivileged container) is a
 // warning: everything else still works.
@@ -168,36 +192,38 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 		return fmt.Errorf("creating API client: %w", err)
 	}
 
-	var host iptables.Interface
-	if o.dryRun {
-		host = &iptables.DryRun{Logger: logger, Family: iptables.IPv4}
-	} else {
-		runner, err := iptables.NewRunner(ctx, iptables.IPv4, iptables.Backend(o.backend))
-		if err != nil {
-			return fmt.Errorf("setting up iptables: %w", err)
-		}
-		logger.Info("Using iptables", "backend", runner.Backend(), "family", runner.Family(), "why", runner.BackendReason())
-		host = runner
-	}
-
 	reporter := watch.NewEventReporter(ctx, client, o.hostname)
 	nodeRef := &v1.ObjectReference{Kind: "Node", Name: o.hostname, UID: types.UID(o.hostname)}
 	o.applyConntrack(logger, reporter, nodeRef)
-	renderCfg := o.renderConfig(v1.IPv4Protocol)
+	beLiberal := false
 	if v, err := (hostpkg.ProcSysctl{}).Get(hostpkg.ConntrackTCPBeLiberal); err == nil && v != "0" {
 		logger.Info("nf_conntrack_tcp_be_liberal is set: not installing the rule that drops INVALID packets")
-		renderCfg.ConntrackTCPBeLiberal = true
+		beLiberal = true
 	}
-	if renderCfg.LocalhostNodePortsActive() {
-		o.ensureRouteLocalnet(logger, reporter, nodeRef)
+	var syncers []*proxier.Syncer
+	for _, family := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+		host, err := o.hostFor(ctx, logger, family)
+		if err != nil {
+			logger.Error(err, "This IP family is not proxied on this node", "family", family)
+			continue
+		}
+		cfg := o.renderConfig(family)
+		cfg.ConntrackTCPBeLiberal = cfg.ConntrackTCPBeLiberal || beLiberal
+		if cfg.LocalhostNodePortsActive() {
+			o.ensureRouteLocalnet(logger, reporter, nodeRef)
+		}
+		s := proxier.NewSyncer(cfg, host)
+		if !o.dryRun {
+			s.Conntrack = conntrack.Netlink{}
+		}
+		syncers = append(syncers, s)
+	}
+	if len(syncers) == 0 {
+		return fmt.Errorf("neither IPv4 nor IPv6 iptables works on this node")
 	}
 
 	tracker := watch.NewTracker(logger, o.filter(), o.hostname, nil, reporter)
-	syncer := proxier.NewSyncer(renderCfg, host)
-	if !o.dryRun {
-		syncer.Conntrack = conntrack.Netlink{}
-	}
-	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, FullSyncPeriod: time.Hour}, tracker, syncer)
+	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, FullSyncPeriod: time.Hour}, tracker, syncers...)
 	tracker.SetNotify(p.RequestSync)
 	p.HostAddrs = func() []netip.Addr {
 		addrs, err := hostpkg.InterfaceAddrs()

@@ -191,6 +191,21 @@ func scoreSave(out []byte) int {
 	return n
 }
 
+// Probe checks that this family's nat table can be used at all (ip6tables
+// on a kernel without IPv6 NAT fails here), cheaply.
+func (r *Runner) Probe() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ok, err := r.ipt.ChainExists("nat", "PREROUTING")
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("no nat PREROUTING chain")
+	}
+	return nil
+}
+
 // Restore runs iptables-restore --noflush with the xtables lock.
 func (r *Runner) Restore(ctx context.Context, text []byte) error {
 	r.mu.Lock()

@@ -69,7 +69,7 @@ func run(m *testing.M) int {
 	defer owner.Close()
 	if err := owner.Catch(func() {
 		c = cluster.Start(owner, cluster.Options{
-			Prefix: "swy-e2e", Subnet: "192.168.77", RootIf: "swy-e2e0", Nodes: 2,
+			Prefix: "swy-e2e", Subnet: "192.168.77", Subnet6: "fd00:77::", RootIf: "swy-e2e0", Nodes: 2,
 			RepoRoot: root, ToolsDir: filepath.Join(tools, "bin"), Switchyard: bin, LogDir: artifacts,
 		})
 	}); err != nil {

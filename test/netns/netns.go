@@ -256,7 +256,9 @@ func (b *Bridge) Attach(t T, ns *NS, ifname, cidr string) {
 // ready to route to its pods.
 type Node struct {
 	*NS
-	IP   string
+	IP string
+	// IP6 is the node's IPv6 underlay address, when it has one.
+	IP6  string
 	pods int // interfaces ever created: names are never reused
 	mu   sync.Mutex
 }
@@ -286,6 +288,29 @@ func NewNodeOn(t T, name string, underlay *Bridge, ip, gw string) *Node {
 	return n
 }
 
+// EnableIPv6 gives the node an IPv6 underlay address ip6/64 on its eth0
+// (no duplicate address detection, so it is usable at once), IPv6
+// forwarding, and a default route via gw6 (an address nobody answers for).
+func (n *Node) EnableIPv6(t T, ip6, gw6 string) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
+		{"sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"},
+		{"sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"},
+		{"ip", "-6", "addr", "add", ip6 + "/64", "dev", "eth0", "nodad"},
+		{"ip", "-6", "route", "add", "default", "via", gw6, "dev", "eth0", "onlink"},
+	} {
+		if _, err := n.Run(args...); err != nil {
+			t.Fatalf("%v", err)
+		}
+	}
+	n.IP6 = ip6
+}
+
+// PodGatewayIPv6 is the link-local address every node-side pod veth has:
+// pods route IPv6 through it.
+const PodGatewayIPv6 = "fe80::1"
+
 func (n *Node) finish(gw, dev string) {
 	n.MustRun("ip", "route", "add", "default", "via", gw, "dev", dev, "onlink")
 	n.MustRun("sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -294,7 +319,8 @@ func (n *Node) finish(gw, dev string) {
 // Pod is a pod namespace behind a node.
 type Pod struct {
 	*NS
-	IP string
+	IP  string
+	IP6 string // empty for a single-stack pod
 }
 
 // AddPod creates a pod namespace with address ip (/32) behind the node: a
@@ -308,20 +334,48 @@ func (n *Node) AddPod(t T, ip string) *Pod {
 // AddPodNamed is AddPod with the namespace name chosen by the caller.
 func (n *Node) AddPodNamed(t T, name, ip string) *Pod {
 	t.Helper()
+	return n.AddDualStackPod(t, name, ip, "")
+}
+
+// AddDualStackPod is AddPodNamed with an IPv6 address (/128) too, when ip6
+// is not empty: the pod routes IPv6 via the node-side veth's link-local
+// PodGatewayIPv6, the node routes ip6 to the veth.
+func (n *Node) AddDualStackPod(t T, name, ip, ip6 string) *Pod {
+	t.Helper()
 	n.mu.Lock()
 	n.pods++
 	hostIf := fmt.Sprintf("veth%d", n.pods)
 	n.mu.Unlock()
-	p := &Pod{NS: NewNamed(t, name), IP: ip}
-	Veth(t, n.NS, hostIf, p.NS, "eth0")
-	for _, step := range []struct {
+	p := &Pod{NS: NewNamed(t, name), IP: ip, IP6: ip6}
+	type step struct {
 		ns   *NS
 		args []string
-	}{
-		{p.NS, []string{"ip", "addr", "add", ip + "/32", "dev", "eth0"}},
-		{p.NS, []string{"ip", "route", "add", "default", "via", n.IP, "dev", "eth0", "onlink"}},
-		{n.NS, []string{"ip", "route", "add", ip + "/32", "dev", hostIf}},
-	} {
+	}
+	var steps []step
+	if ip6 != "" {
+		// Before the veth exists, so its addresses skip DAD.
+		steps = append(steps, step{p.NS, []string{"sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0"}},
+			step{p.NS, []string{"sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"}})
+		for _, s := range steps {
+			if _, err := s.ns.Run(s.args...); err != nil {
+				t.Fatalf("%v", err)
+			}
+		}
+		steps = nil
+	}
+	Veth(t, n.NS, hostIf, p.NS, "eth0")
+	steps = append(steps,
+		step{p.NS, []string{"ip", "addr", "add", ip + "/32", "dev", "eth0"}},
+		step{p.NS, []string{"ip", "route", "add", "default", "via", n.IP, "dev", "eth0", "onlink"}},
+		step{n.NS, []string{"ip", "route", "add", ip + "/32", "dev", hostIf}})
+	if ip6 != "" {
+		steps = append(steps,
+			step{n.NS, []string{"ip", "-6", "addr", "add", PodGatewayIPv6 + "/64", "dev", hostIf, "nodad"}},
+			step{p.NS, []string{"ip", "-6", "addr", "add", ip6 + "/128", "dev", "eth0", "nodad"}},
+			step{p.NS, []string{"ip", "-6", "route", "add", "default", "via", PodGatewayIPv6, "dev", "eth0"}},
+			step{n.NS, []string{"ip", "-6", "route", "add", ip6 + "/128", "dev", hostIf}})
+	}
+	for _, step := range steps {
 		if _, err := step.ns.Run(step.args...); err != nil {
 			t.Fatalf("%v", err)
 		}

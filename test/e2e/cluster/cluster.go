@@ -26,8 +26,11 @@ import (
 	"github.com/switchyard-proxy/switchyard/test/wait"
 )
 
-// ClusterCIDR is the pod network; node i owns 10.244.i.0/24.
+// ClusterCIDR is the IPv4 pod network; node i owns 10.244.i.0/24.
 const ClusterCIDR = "10.244.0.0/16"
+
+// ClusterCIDR6 is the IPv6 pod network; node i owns fd00:10:244:i::/64.
+const ClusterCIDR6 = "fd00:10:244::/48"
 
 // Options shape a cluster.
 type Options struct {
@@ -35,6 +38,9 @@ type Options struct {
 	Prefix string
 	// Subnet is the underlay's first three octets, e.g. "192.168.77".
 	Subnet string
+	// Subnet6 is the underlay's IPv6 /64 prefix without the host part,
+	// e.g. "fd00:77::".
+	Subnet6 string
 	// RootIf is the root namespace's interface on the underlay (where the
 	// apiserver listens). At most 15 characters.
 	RootIf string
@@ -67,15 +73,18 @@ type Cluster struct {
 	// External2 is a second outside client (for source ranges).
 	External2   *netns.NS
 	External2IP string
+	// ExternalIP6 is the external client's IPv6 address.
+	ExternalIP6 string
 	owner       *Owner
 }
 
 // Node is one node: a network namespace running switchyard.
 type Node struct {
-	Name    string
-	Zone    string
-	Index   int
-	PodCIDR string
+	Name     string
+	Zone     string
+	Index    int
+	PodCIDR  string
+	PodCIDR6 string
 	*netns.Node
 	c *Cluster
 
@@ -110,14 +119,16 @@ func Start(o *Owner, opts Options) *Cluster {
 	gw := opts.Subnet + ".253" // nobody: unknown destinations die on the underlay
 	for i := 1; i <= opts.Nodes; i++ {
 		n := &Node{Name: fmt.Sprintf("node-%d", i), Index: i, Zone: []string{"zone-a", "zone-b"}[(i-1)%2],
-			PodCIDR: fmt.Sprintf("10.244.%d.0/24", i), c: c}
+			PodCIDR: fmt.Sprintf("10.244.%d.0/24", i), PodCIDR6: fmt.Sprintf("fd00:10:244:%d::/64", i), c: c}
 		n.Node = netns.NewNodeOn(o, fmt.Sprintf("%s-node-%d", opts.Prefix, i), c.Underlay, fmt.Sprintf("%s.%d", opts.Subnet, i), gw)
+		n.EnableIPv6(o, fmt.Sprintf("%s%d", opts.Subnet6, i), opts.Subnet6+"fd")
 		c.Nodes = append(c.Nodes, n)
 	}
 	for _, n := range c.Nodes {
 		for _, other := range c.Nodes {
 			if other != n {
 				n.MustRun("ip", "route", "add", other.PodCIDR, "via", other.IP)
+				n.MustRun("ip", "-6", "route", "add", other.PodCIDR6, "via", other.IP6)
 			}
 		}
 		if err := c.createNodeObject(n); err != nil {
@@ -127,6 +138,8 @@ func Start(o *Owner, opts Options) *Cluster {
 	c.ExternalIP = opts.Subnet + ".100"
 	c.External = netns.NewNamed(o, opts.Prefix+"-external")
 	c.Underlay.Attach(o, c.External, "eth0", c.ExternalIP+"/24")
+	c.ExternalIP6 = opts.Subnet6 + "100"
+	c.External.MustRun("ip", "-6", "addr", "add", c.ExternalIP6+"/64", "dev", "eth0", "nodad")
 	c.External2IP = opts.Subnet + ".101"
 	c.External2 = netns.NewNamed(o, opts.Prefix+"-external2")
 	c.Underlay.Attach(o, c.External2, "eth0", c.External2IP+"/24")
@@ -192,9 +205,10 @@ func (c *Cluster) createNodeObject(n *Node) error {
 			"kubernetes.io/hostname":      n.Name,
 			"topology.kubernetes.io/zone": n.Zone,
 		}},
-		Spec: v1.NodeSpec{PodCIDR: n.PodCIDR, PodCIDRs: []string{n.PodCIDR}},
+		Spec: v1.NodeSpec{PodCIDR: n.PodCIDR, PodCIDRs: []string{n.PodCIDR, n.PodCIDR6}},
 		Status: v1.NodeStatus{
-			Addresses:  []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: n.IP}, {Type: v1.NodeHostName, Address: n.Name}},
+			Addresses: []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: n.IP}, {Type: v1.NodeInternalIP, Address: n.IP6},
+				{Type: v1.NodeHostName, Address: n.Name}},
 			Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionTrue, LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now(), Reason: "E2E"}},
 		},
 	}
@@ -230,7 +244,7 @@ func (n *Node) StartProxy(tee io.Writer) error {
 	args := append([]string{n.c.Opts.Switchyard,
 		"--kubeconfig=" + n.c.CP.ProxyKubeconfig,
 		"--hostname-override=" + n.Name,
-		"--cluster-cidr=" + ClusterCIDR,
+		"--cluster-cidr=" + ClusterCIDR + "," + ClusterCIDR6,
 		"--iptables-sync-period=5s",
 		"--iptables-min-sync-period=50ms",
 		"-v=2"}, n.c.Opts.ProxyArgs...)

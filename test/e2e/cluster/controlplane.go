@@ -27,7 +27,8 @@ const (
 	ProxyToken = "switchyard-e2e-proxy-token"
 	ProxyUser  = "system:serviceaccount:kube-system:switchyard"
 
-	ServiceCIDR = "10.96.0.0/16"
+	ServiceCIDR  = "10.96.0.0/16"
+	ServiceCIDR6 = "fd00:96::/112"
 )
 
 // ControlPlane is etcd, kube-apiserver and kube-controller-manager running
@@ -101,7 +102,7 @@ func StartControlPlane(t *Owner, o ControlPlaneOptions) *ControlPlane {
 	cp.Server = "https://" + net.JoinHostPort(o.BindIP, strconv.Itoa(apiPort))
 	cp.start(t, "kube-apiserver", o.LogDir, exec.Command(filepath.Join(o.ToolsDir, "kube-apiserver"),
 		"--etcd-servers="+etcdURL,
-		"--service-cluster-ip-range="+ServiceCIDR,
+		"--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6,
 		"--bind-address="+o.BindIP, "--advertise-address="+o.BindIP,
 		"--secure-port="+strconv.Itoa(apiPort),
 		"--cert-dir="+filepath.Join(dir, "certs"),

@@ -62,6 +62,7 @@ type Pod struct {
 	Name      string
 	Namespace string
 	IP        string
+	IP6       string
 	Node      *Node
 	NS        *netns.Pod
 	c         *Cluster
@@ -87,12 +88,13 @@ func (c *Cluster) StartPod(t netns.T, namespace string, o PodOptions) *Pod {
 	n.mu.Lock()
 	n.nextPod++
 	ip := fmt.Sprintf("10.244.%d.%d", n.Index, n.nextPod+1)
+	ip6 := fmt.Sprintf("fd00:10:244:%d::%x", n.Index, n.nextPod+1)
 	n.mu.Unlock()
 	if o.Ports == nil {
 		o.Ports = DefaultPorts
 	}
-	p := &Pod{Name: o.Name, Namespace: namespace, IP: ip, Node: n, c: c}
-	p.NS = n.AddPodNamed(t, netns.UniqueName("pod"), ip)
+	p := &Pod{Name: o.Name, Namespace: namespace, IP: ip, IP6: ip6, Node: n, c: c}
+	p.NS = n.AddDualStackPod(t, netns.UniqueName("pod"), ip, ip6)
 	for _, port := range o.Ports {
 		addr := fmt.Sprintf(":%d", port.ContainerPort)
 		switch port.Protocol {
@@ -133,9 +135,9 @@ func (p *Pod) SetReady(t netns.T, ready bool) {
 		now := metav1.Now()
 		pod.Status.Phase = v1.PodRunning
 		pod.Status.HostIP = p.Node.IP
-		pod.Status.HostIPs = []v1.HostIP{{IP: p.Node.IP}}
+		pod.Status.HostIPs = []v1.HostIP{{IP: p.Node.IP}, {IP: p.Node.IP6}}
 		pod.Status.PodIP = p.IP
-		pod.Status.PodIPs = []v1.PodIP{{IP: p.IP}}
+		pod.Status.PodIPs = []v1.PodIP{{IP: p.IP}, {IP: p.IP6}}
 		if pod.Status.StartTime == nil {
 			pod.Status.StartTime = &now
 		}

@@ -61,7 +61,7 @@ func main() {
 	err := owner.Catch(func() {
 		fmt.Println("Starting etcd, kube-apiserver, kube-controller-manager and two nodes...")
 		c = cluster.Start(owner, cluster.Options{
-			Prefix: "swy-run", Subnet: "192.168.78", RootIf: "swy-run0", Nodes: 2,
+			Prefix: "swy-run", Subnet: "192.168.78", Subnet6: "fd00:78::", RootIf: "swy-run0", Nodes: 2,
 			RepoRoot: abs(*repo), ToolsDir: abs(*tools), Switchyard: abs(*bin), LogDir: abs(*logs),
 			ProxyTee: prefixWriter{prefix: "[switchyard node-1] "},
 		})
