@@ -134,3 +134,25 @@ func TestVersion(t *testing.T) {
 		t.Errorf("version: %q %v", out, err)
 	}
 }
+
+func TestRenderAndExplainIPv6(t *testing.T) {
+	args := []string{"-f", catalogue + "dualstack.yaml", "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/48", "--hostname-override", "node-a", "--ip-family", "ipv6"}
+	out, err, _ := execute(t, append([]string{"render"}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile("../../pkg/proxier/testdata/dualstack-ipv6.golden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != string(want) {
+		t.Errorf("render --ip-family ipv6 differs from dualstack-ipv6.golden:\n%s", out)
+	}
+	out, err, _ = execute(t, append([]string{"explain", "--from", "fd00:10:244:3::9", "--to", "[fd00:96::70:1]:80"}, args...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "six/ds:http -> [fd00:10:244:1::70]:8080, [fd00:10:244:2::70]:8080") {
+		t.Errorf("explain over IPv6:\n%s", out)
+	}
+}

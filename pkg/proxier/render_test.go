@@ -55,6 +55,8 @@ func TestGolden(t *testing.T) {
 		{name: "list", file: "list.yaml"},
 		{name: "external", file: "external.yaml"},
 		{name: "internal", file: "internal.yaml"},
+		{name: "dualstack-ipv4", file: "dualstack.yaml"},
+		{name: "dualstack-ipv6", file: "dualstack.yaml", cfg: func(c *RenderConfig) { *c = v6Config() }},
 		{name: "internal-detect-bridge", file: "internal.yaml", cfg: func(c *RenderConfig) {
 			c.DetectLocal = LocalDetector{Mode: DetectBridgeInterface, Interface: "cbr0"}
 		}},

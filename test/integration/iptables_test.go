@@ -298,14 +298,22 @@ func TestRealIptablesAcceptsRenderedCatalogue(t *testing.T) {
 					t.Fatal(err)
 				}
 				snap, _ := proxier.SnapshotFromObjects(proxier.Filter{}, "node-a", objs.Services, objs.Slices, objs.Nodes)
-				text := proxier.RestoreText(proxier.Render(snap, cfg()))
+				v6 := cfg()
+				v6.Family = v1.IPv6Protocol
+				v6.ClusterCIDR = netip.MustParsePrefix("fd00:10:244::/48")
 				ns := netns.New(t, "cat")
-				restore := "iptables-" + string(backend) + "-restore"
-				if out, err := ns.RunInput([]byte(text), restore, "--test", "--noflush"); err != nil {
-					t.Fatalf("%s --test rejects the rendered rules: %v\n%s\n%s", restore, err, out, text)
-				}
-				if out, err := ns.RunInput([]byte(text), restore, "--noflush"); err != nil {
-					t.Fatalf("%s rejects the rendered rules: %v\n%s", restore, err, out)
+				for _, c := range []struct {
+					tool string
+					cfg  proxier.RenderConfig
+				}{{"iptables", cfg()}, {"ip6tables", v6}} {
+					text := proxier.RestoreText(proxier.Render(snap, c.cfg))
+					restore := c.tool + "-" + string(backend) + "-restore"
+					if out, err := ns.RunInput([]byte(text), restore, "--test", "--noflush"); err != nil {
+						t.Fatalf("%s --test rejects the rendered rules: %v\n%s\n%s", restore, err, out, text)
+					}
+					if out, err := ns.RunInput([]byte(text), restore, "--noflush"); err != nil {
+						t.Fatalf("%s rejects the rendered rules: %v\n%s", restore, err, out)
+					}
 				}
 			})
 		}
