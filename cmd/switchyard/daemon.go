@@ -24,6 +24,7 @@ import (
 	hostpkg "github.com/switchyard-proxy/switchyard/pkg/host"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
+	"github.com/switchyard-proxy/switchyard/pkg/server"
 	"github.com/switchyard-proxy/switchyard/pkg/watch"
 )
 
@@ -36,10 +37,16 @@ type daemonOptions struct {
 	backend       string
 	dryRun        bool
 	conntrack     hostpkg.ConntrackConfig
+	healthzAddr   string
+	metricsAddr   string
+	apiQPS        float32
+	apiBurst      int
+	apiContent    string
 }
 
 func newDaemonOptions() *daemonOptions {
 	return &daemonOptions{syncPeriod: 30 * time.Second, minSyncPeriod: 100 * time.Millisecond, backend: "auto",
+		healthzAddr: "0.0.0.0:10256", metricsAddr: "127.0.0.1:10249", apiQPS: 5, apiBurst: 10, apiContent: "application/vnd.kubernetes.protobuf",
 		conntrack: hostpkg.ConntrackConfig{MaxPerCore: 32768, Min: 131072, TCPEstablished: 24 * time.Hour, TCPCloseWait: time.Hour}}
 }
 
@@ -51,6 +58,11 @@ func (o *daemonOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.minSyncPeriod, "iptables-min-sync-period", o.minSyncPeriod, "The least time between two syncs; changes inside it are applied together")
 	fs.StringVar(&o.backend, "iptables-backend", o.backend, "iptables backend: auto (whichever the host uses), legacy or nft")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Log each iptables-restore batch instead of applying it (needs no root)")
+	fs.StringVar(&o.healthzAddr, "healthz-bind-address", o.healthzAddr, "Where /healthz and /livez listen (kube-proxy's port; empty disables)")
+	fs.StringVar(&o.metricsAddr, "metrics-bind-address", o.metricsAddr, "Where /metrics and /debug listen (empty disables)")
+	fs.Float32Var(&o.apiQPS, "kube-api-qps", o.apiQPS, "QPS to use while talking with the API server")
+	fs.IntVar(&o.apiBurst, "kube-api-burst", o.apiBurst, "Burst to use while talking with the API server")
+	fs.StringVar(&o.apiContent, "kube-api-content-type", o.apiContent, "Content type of requests sent to the API server")
 	fs.IntVar(&o.conntrack.MaxPerCore, "conntrack-max-per-core", o.conntrack.MaxPerCore, "nf_conntrack_max per CPU core (0 leaves nf_conntrack_max alone)")
 	fs.IntVar(&o.conntrack.Min, "conntrack-min", o.conntrack.Min, "The least nf_conntrack_max, whatever the cores")
 	fs.DurationVar(&o.conntrack.TCPEstablished, "conntrack-tcp-timeout-established", o.conntrack.TCPEstablished, "Idle timeout of established TCP connections (0 leaves it alone)")
@@ -91,6 +103,14 @@ func (o *daemonOptions) restConfig() (*rest.Config, error) {
 	}
 	return cfg, nil
 }
+
+// daemonState is what the HTTP endpoints read.
+type daemonState struct {
+	*proxier.Proxier
+	tracker *watch.Tracker
+}
+
+func (d daemonState) NodeDeleting() bool { return d.tracker.Node().Deleting }
 
 // hostFor returns the iptables host layer for one family, or an error when
 // the node cannot proxy that family (no ip6tables, a kernel without IPv6).
@@ -187,6 +207,7 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 		return err
 	}
 	cfg.UserAgent = "switchyard/" + version
+	cfg.QPS, cfg.Burst, cfg.ContentType = o.apiQPS, o.apiBurst, o.apiContent
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("creating API client: %w", err)
@@ -241,6 +262,18 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 		})
 	defer hc.Close()
 	p.OnSynced = func(snap *proxier.Snapshot) { hc.Sync(proxier.HealthCheckPorts(snap)) }
+
+	if msg := hostpkg.BridgeNetfilterProblem(hostpkg.ProcSysctl{}); msg != "" {
+		logger.Info("Warning: " + msg)
+		reporter.Warn(nodeRef, "BridgeNetfilterDisabled", msg)
+	}
+	state := daemonState{Proxier: p, tracker: tracker}
+	if err := server.Serve(ctx, logger, "healthz", o.healthzAddr, server.HealthHandler(state)); err != nil {
+		return err
+	}
+	if err := server.Serve(ctx, logger, "metrics", o.metricsAddr, server.MetricsHandler(state)); err != nil {
+		return err
+	}
 
 	w := watch.NewWatcher(client, tracker, 0)
 	logger.Info("Starting switchyard", "version", version, "node", o.hostname, "clusterCIDR", o.clusterCIDR,

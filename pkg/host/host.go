@@ -107,3 +107,22 @@ func InterfaceAddrs() ([]netip.Addr, error) {
 	}
 	return out, nil
 }
+
+// BridgeNetfilterProblem returns a warning with the fix when the node has
+// Linux bridges (pods may sit on one) but bridged traffic does not pass
+// through iptables, so Service rules would miss pod-to-pod traffic on the
+// same bridge; "" when all is well or there is no bridge.
+func BridgeNetfilterProblem(sys Sysctl) string {
+	bridges, _ := filepath.Glob("/sys/class/net/*/bridge")
+	if len(bridges) == 0 {
+		return ""
+	}
+	v, err := sys.Get("net/bridge/bridge-nf-call-iptables")
+	switch {
+	case err != nil:
+		return "the br_netfilter module is not loaded but the node has bridges: traffic between pods on one bridge will bypass Service rules; fix: modprobe br_netfilter && sysctl -w net.bridge.bridge-nf-call-iptables=1"
+	case v != "1":
+		return "net.bridge.bridge-nf-call-iptables is 0 but the node has bridges: traffic between pods on one bridge will bypass Service rules; fix: sysctl -w net.bridge.bridge-nf-call-iptables=1"
+	}
+	return ""
+}

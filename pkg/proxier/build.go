@@ -303,7 +303,12 @@ func MergeSlices(slices map[string]map[PortKey][]Endpoint) map[PortKey][]Endpoin
 
 // NodeInfoFrom extracts the node facts the proxy uses.
 func NodeInfoFrom(node *v1.Node) NodeInfo {
-	info := NodeInfo{Name: node.Name, Known: true, Zone: node.Labels[LabelZone]}
+	info := NodeInfo{Name: node.Name, Known: true, Zone: node.Labels[LabelZone], Deleting: node.DeletionTimestamp != nil}
+	for _, taint := range node.Spec.Taints {
+		if taint.Key == "ToBeDeletedByClusterAutoscaler" {
+			info.Deleting = true
+		}
+	}
 	seen := map[netip.Addr]bool{}
 	for _, a := range node.Status.Addresses {
 		if a.Type != v1.NodeInternalIP && a.Type != v1.NodeExternalIP {

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 )
@@ -101,6 +102,10 @@ type NodeInfo struct {
 	Addresses []netip.Addr
 	Zone      string
 	PodCIDRs  []netip.Prefix
+	// Deleting is true while the Node is being deleted (or marked for
+	// deletion by the cluster autoscaler): /healthz then fails so load
+	// balancers drain the node.
+	Deleting bool
 }
 
 // PrimaryIP is the node's first address of the family, from its Node object.
@@ -124,6 +129,10 @@ type Snapshot struct {
 	// --nodeport-addresses); the daemon reads them from the host, the
 	// offline commands take the Node's addresses and loopback.
 	HostAddrs []netip.Addr
+	// TriggerTimes are when the EndpointSlice changes folded into this
+	// snapshot were triggered (their last-change-trigger-time annotation),
+	// for the network programming latency metric.
+	TriggerTimes []time.Time
 }
 
 // NewSnapshot returns an empty snapshot.

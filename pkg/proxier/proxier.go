@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"k8s.io/klog/v2"
+
+	"github.com/switchyard-proxy/switchyard/pkg/metrics"
 )
 
 // SnapshotSource hands the sync loop the current desired state. It is called
@@ -46,6 +48,7 @@ type Proxier struct {
 
 	mu         sync.Mutex
 	lastSync   time.Time
+	lastGood   time.Time
 	lastErr    error
 	lastResult []SyncResult
 	syncCount  int
@@ -54,6 +57,27 @@ type Proxier struct {
 	// pendingSince is when the oldest sync request not yet served was
 	// made; zero when none is pending.
 	pendingSince time.Time
+	lastSnap     *Snapshot
+}
+
+// Syncers returns the per-family syncers.
+func (p *Proxier) Syncers() []*Syncer { return p.syncers }
+
+// LastSnapshot is the snapshot of the last successful sync, or nil.
+func (p *Proxier) LastSnapshot() *Snapshot {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.lastSnap
+}
+
+// LastSync is when the last sync completed successfully (zero: never).
+func (p *Proxier) LastSync() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.lastErr != nil && p.lastSnap == nil {
+		return time.Time{}
+	}
+	return p.lastGood
 }
 
 // New returns a proxier over one syncer per IP family the node has.
@@ -83,6 +107,9 @@ func (p *Proxier) markPending() {
 		p.pendingSince = time.Now()
 	}
 	p.mu.Unlock()
+	for _, s := range p.syncers {
+		metrics.SyncLastQueuedTimestamp.WithLabelValues(string(s.Config.Family)).SetToCurrentTime()
+	}
 }
 
 // Healthy reports whether every requested sync has completed, or the oldest
@@ -123,6 +150,12 @@ func (p *Proxier) SyncOnce(ctx context.Context) error {
 			continue
 		}
 		results = append(results, res)
+		now := time.Now()
+		for _, t := range snap.TriggerTimes {
+			if d := now.Sub(t); d >= 0 {
+				metrics.NetworkProgrammingDuration.WithLabelValues(string(s.Config.Family)).Observe(d.Seconds())
+			}
+		}
 	}
 	err := errors.Join(errs...)
 	p.mu.Lock()
@@ -132,6 +165,10 @@ func (p *Proxier) SyncOnce(ctx context.Context) error {
 	p.syncCount++
 	if err == nil && !p.pendingSince.IsZero() && !p.pendingSince.After(start) {
 		p.pendingSince = time.Time{}
+	}
+	if err == nil {
+		p.lastSnap = snap
+		p.lastGood = p.lastSync
 	}
 	p.mu.Unlock()
 	if err == nil {

@@ -149,6 +149,13 @@ type Table struct {
 type Rules struct {
 	Tables []Table
 	Jumps  []iptables.Jump
+	Stats  RenderStats
+}
+
+// RenderStats are figures the renderer notices on the way, for metrics.
+type RenderStats struct {
+	// Services with a Local traffic policy and no local endpoints.
+	NoLocalInternal, NoLocalExternal int
 }
 
 // Table returns the table with the given name, or nil.
@@ -253,6 +260,7 @@ func portMatch(proto v1.Protocol, port int32, c string) ruleBuilder {
 // output collects rendered chains.
 type output struct {
 	nat, filter map[string][]string
+	stats       RenderStats
 }
 
 func (o *output) natChain(name string, rules []string) { o.nat[name] = rules }
@@ -311,7 +319,7 @@ func Render(snap *Snapshot, cfg RenderConfig) *Rules {
 		}
 	}
 
-	return &Rules{Jumps: BaseJumps(), Tables: []Table{
+	return &Rules{Jumps: BaseJumps(), Stats: out.stats, Tables: []Table{
 		orderedTable(TableFilter, out.filter, top[TableFilter]),
 		orderedTable(TableNAT, out.nat, top[TableNAT]),
 	}}

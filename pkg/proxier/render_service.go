@@ -191,6 +191,12 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 	if sets.any {
 		internalVerdict, internalWhy = "DROP", str+" has no local endpoints"
 		externalVerdict, externalWhy = "DROP", str+" has no local endpoints"
+		if !hasInternal {
+			out.stats.NoLocalInternal++
+		}
+		if !hasExternal {
+			out.stats.NoLocalExternal++
+		}
 	}
 
 	var dispatch []dispatchEntry

@@ -15,6 +15,7 @@ import (
 
 	"github.com/switchyard-proxy/switchyard/pkg/conntrack"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+	"github.com/switchyard-proxy/switchyard/pkg/metrics"
 )
 
 // applied is what switchyard last wrote: table -> chain -> rules.
@@ -47,6 +48,25 @@ type Syncer struct {
 	rules    *Rules
 	// lastUDP are the UDP frontends of the last successful sync.
 	lastUDP udpFrontends
+	// For /debug/rules: the last batch applied and the last one refused.
+	lastBatch, lastFailed Batch
+}
+
+// Batch is one iptables-restore input and what became of it.
+type Batch struct {
+	Family v1.IPFamily `json:"family"`
+	Time   time.Time   `json:"time"`
+	Full   bool        `json:"full"`
+	Text   string      `json:"text"`
+	Error  string      `json:"error,omitempty"`
+}
+
+// Batches returns the last applied and the last failed batch (zero values
+// when there was none).
+func (s *Syncer) Batches() (applied, failed Batch) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastBatch, s.lastFailed
 }
 
 // NewSyncer returns a syncer whose first sync is full.
@@ -95,11 +115,20 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 		text, res = partialRestore(rules, s.applied)
 	}
 	res.Full = full
+	fam := string(s.Config.Family)
 	if len(text) > 0 {
+		batch := Batch{Family: s.Config.Family, Time: time.Now(), Full: full, Text: string(text)}
 		if err := s.Host.Restore(ctx, text); err != nil {
+			batch.Error = err.Error()
+			s.lastFailed = batch
 			s.applied = nil
+			metrics.RestoreFailures.WithLabelValues(fam).Inc()
+			if !full {
+				metrics.PartialRestoreFailures.WithLabelValues(fam).Inc()
+			}
 			return res, fmt.Errorf("applying %s rules: %w", s.Config.Family, err)
 		}
+		s.lastBatch = batch
 	}
 	if full || !s.jumpsKnownGood(rules) {
 		if err := s.Host.EnsureJumps(ctx, rules.Jumps); err != nil {
@@ -115,6 +144,7 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	}
 	res.Bytes = len(text)
 	res.Elapsed = time.Since(start)
+	recordSync(s.Config.Family, rules, res, text)
 	klog.FromContext(ctx).V(2).Info("Synced rules", "family", s.Config.Family, "full", full,
 		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "bytes", res.Bytes, "elapsed", res.Elapsed)
 	return res, nil
@@ -134,6 +164,10 @@ func (s *Syncer) cleanConntrack(ctx context.Context, snap *Snapshot) {
 	}
 	start := time.Now()
 	n, err := s.Conntrack.DeleteUDP(s.Config.Family == v1.IPv6Protocol, check.stale)
+	fam := string(s.Config.Family)
+	metrics.ConntrackReconcileDuration.WithLabelValues(fam).Observe(time.Since(start).Seconds())
+	metrics.ConntrackDeleted.WithLabelValues(fam).Add(float64(n))
+	metrics.ConntrackEntriesDeleted.WithLabelValues(fam).Add(float64(n))
 	logger := klog.FromContext(ctx)
 	if err != nil {
 		// Keep the gone frontends so the next sync looks for them again.
@@ -298,4 +332,66 @@ func writeRules(b *bytes.Buffer, c Chain) {
 		b.WriteString(rule)
 		b.WriteByte('\n')
 	}
+}
+
+// recordSync publishes one successful sync's figures.
+func recordSync(family v1.IPFamily, rules *Rules, res SyncResult, text []byte) {
+	fam := string(family)
+	secs := res.Elapsed.Seconds()
+	metrics.SyncDuration.WithLabelValues(fam).Observe(secs)
+	kind := "noop"
+	switch {
+	case res.Full:
+		kind = "full"
+		metrics.SyncFullDuration.WithLabelValues(fam).Observe(secs)
+	default:
+		metrics.SyncPartialDuration.WithLabelValues(fam).Observe(secs)
+		if len(text) > 0 {
+			kind = "partial"
+		}
+	}
+	metrics.Syncs.WithLabelValues(kind, fam).Inc()
+	metrics.SyncLastTimestamp.WithLabelValues(fam).SetToCurrentTime()
+	if len(text) > 0 {
+		metrics.RestoreBytes.WithLabelValues(fam).Observe(float64(len(text)))
+	}
+	metrics.ChainsWritten.WithLabelValues(fam).Add(float64(res.ChainsWritten))
+	metrics.ChainsDeleted.WithLabelValues(fam).Add(float64(res.ChainsDeleted))
+
+	written := map[string]int{}
+	table := ""
+	for _, line := range bytes.Split(text, []byte("\n")) {
+		switch {
+		case bytes.HasPrefix(line, []byte("*")):
+			table = string(line[1:])
+		case bytes.HasPrefix(line, []byte("-A ")):
+			written[table]++
+		}
+	}
+	for _, t := range rules.Tables {
+		total := 0
+		levels := map[string]int{}
+		for _, c := range t.Chains {
+			total += len(c.Rules)
+			levels[chainLevel(c.Name)] += len(c.Rules)
+		}
+		metrics.RulesTotal.WithLabelValues(t.Name, fam).Set(float64(total))
+		metrics.RulesLast.WithLabelValues(t.Name, fam).Set(float64(written[t.Name]))
+		for _, l := range []string{"top", "service", "endpoint"} {
+			metrics.RulesByLevel.WithLabelValues(t.Name, l, fam).Set(float64(levels[l]))
+		}
+	}
+	metrics.NoLocalEndpoints.WithLabelValues("internal", fam).Set(float64(rules.Stats.NoLocalInternal))
+	metrics.NoLocalEndpoints.WithLabelValues("external", fam).Set(float64(rules.Stats.NoLocalExternal))
+}
+
+func chainLevel(name string) string {
+	switch {
+	case strings.HasPrefix(name, sepChainPrefix):
+		return "endpoint"
+	case strings.HasPrefix(name, svcChainPrefix), strings.HasPrefix(name, svlChainPrefix),
+		strings.HasPrefix(name, extChainPrefix), strings.HasPrefix(name, fwChainPrefix):
+		return "service"
+	}
+	return "top"
 }

@@ -29,12 +29,17 @@ type Watcher struct {
 }
 
 // stripTransform drops what the model never reads, so the informer caches
-// stay small.
+// stay small: managed fields, and every annotation but the EndpointSlice
+// trigger time (for the network programming latency metric).
 func stripTransform(obj any) (any, error) {
 	if m, err := meta.Accessor(obj); err == nil {
 		m.SetManagedFields(nil)
 		if ann := m.GetAnnotations(); len(ann) > 0 {
-			m.SetAnnotations(nil)
+			if v, ok := ann[TriggerTimeAnnotation]; ok {
+				m.SetAnnotations(map[string]string{TriggerTimeAnnotation: v})
+			} else {
+				m.SetAnnotations(nil)
+			}
 		}
 	}
 	return obj, nil

@@ -6,11 +6,13 @@ package watch
 
 import (
 	"sync"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard-proxy/switchyard/pkg/metrics"
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
 )
 
@@ -39,6 +41,11 @@ type Tracker struct {
 	// sliceOwner remembers which Service a slice was filed under.
 	sliceOwner map[string]string
 	node       proxier.NodeInfo
+
+	// Changes since the last snapshot, for metrics.
+	svcChanges   map[string]bool
+	sliceChanges map[string]bool
+	triggers     []time.Time
 }
 
 // NewTracker returns an empty tracker. notify is called after every recorded
@@ -54,6 +61,28 @@ func NewTracker(logger klog.Logger, filter proxier.Filter, nodeName string, noti
 		merged:     map[string]map[proxier.PortKey][]proxier.Endpoint{},
 		sliceOwner: map[string]string{},
 		node:       proxier.NodeInfo{Name: nodeName},
+		svcChanges: map[string]bool{}, sliceChanges: map[string]bool{},
+	}
+}
+
+// TriggerTimeAnnotation is set by the EndpointSlice controller to when the
+// change that produced a slice was triggered.
+const TriggerTimeAnnotation = "endpoints.kubernetes.io/last-change-trigger-time"
+
+func (t *Tracker) serviceChangedLocked(key string) {
+	t.svcChanges[key] = true
+	metrics.ServiceChangesTotal.Inc()
+	metrics.ServiceChangesPending.Set(float64(len(t.svcChanges)))
+}
+
+func (t *Tracker) sliceChangedLocked(key string, annotations map[string]string) {
+	t.sliceChanges[key] = true
+	metrics.EndpointChangesTotal.Inc()
+	metrics.EndpointChangesPending.Set(float64(len(t.sliceChanges)))
+	if v, ok := annotations[TriggerTimeAnnotation]; ok {
+		if ts, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			t.triggers = append(t.triggers, ts)
+		}
 	}
 }
 
@@ -94,6 +123,7 @@ func (t *Tracker) UpdateService(svc *v1.Service) {
 	} else {
 		t.services[key] = ports
 	}
+	t.serviceChangedLocked(key)
 	t.mu.Unlock()
 	t.changed()
 }
@@ -102,6 +132,7 @@ func (t *Tracker) UpdateService(svc *v1.Service) {
 func (t *Tracker) DeleteService(namespace, name string) {
 	t.mu.Lock()
 	delete(t.services, namespace+"/"+name)
+	t.serviceChangedLocked(namespace + "/" + name)
 	t.mu.Unlock()
 	t.changed()
 }
@@ -134,6 +165,7 @@ func (t *Tracker) UpdateSlice(slice *discovery.EndpointSlice) {
 	} else {
 		delete(t.sliceOwner, sliceKey)
 	}
+	t.sliceChangedLocked(sliceKey, slice.Annotations)
 	t.mu.Unlock()
 	t.changed()
 }
@@ -146,6 +178,7 @@ func (t *Tracker) DeleteSlice(namespace, name string) {
 		t.removeSliceLocked(owner, name)
 		delete(t.sliceOwner, sliceKey)
 	}
+	t.sliceChangedLocked(sliceKey, nil)
 	t.mu.Unlock()
 	t.changed()
 }
@@ -172,6 +205,13 @@ func (t *Tracker) UpdateNode(node *v1.Node) {
 	t.changed()
 }
 
+// Node returns what is known of the proxy's own Node.
+func (t *Tracker) Node() proxier.NodeInfo {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.node
+}
+
 // DeleteNode forgets the proxy's own Node; Services keep being served.
 func (t *Tracker) DeleteNode(name string) {
 	if name != t.nodeName {
@@ -189,10 +229,16 @@ func (t *Tracker) Snapshot() *proxier.Snapshot {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	snap := &proxier.Snapshot{
-		Services:  make(map[proxier.ServicePortName]*proxier.ServicePort, len(t.services)),
-		Endpoints: make(map[proxier.ServicePortName][]proxier.Endpoint, len(t.services)),
-		Node:      t.node,
+		Services:     make(map[proxier.ServicePortName]*proxier.ServicePort, len(t.services)),
+		Endpoints:    make(map[proxier.ServicePortName][]proxier.Endpoint, len(t.services)),
+		Node:         t.node,
+		TriggerTimes: t.triggers,
 	}
+	t.triggers = nil
+	clear(t.svcChanges)
+	clear(t.sliceChanges)
+	metrics.ServiceChangesPending.Set(0)
+	metrics.EndpointChangesPending.Set(0)
 	for key, ports := range t.services {
 		merged := t.merged[key]
 		for _, p := range ports {
