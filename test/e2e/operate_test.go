@@ -1,0 +1,130 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard-proxy/switchyard/test/e2e/cluster"
+	"github.com/switchyard-proxy/switchyard/test/wait"
+)
+
+// scrape reads node's /metrics from inside its namespace and returns the
+// value of every sample whose name and labels start with prefix, summed.
+func scrape(t *testing.T, n *cluster.Node, prefix string) float64 {
+	t.Helper()
+	_, body, err := n.HTTPGet("http://127.0.0.1:10249/metrics", 2*time.Second)
+	if err != nil {
+		t.Fatalf("scraping %s: %v", n.Name, err)
+	}
+	sum := 0.0
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, prefix) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
+}
+
+func TestHealthAndMetricsEndpoints(t *testing.T) {
+	n := c.Nodes[0]
+	// /healthz on kube-proxy's port, from outside the node.
+	resp, body, err := c.External.HTTPGet("http://"+n.IP+":10256/healthz", 2*time.Second)
+	if err != nil || resp.StatusCode != 200 || !strings.Contains(string(body), `"nodeEligible": true`) {
+		t.Fatalf("/healthz: %v %v %s", resp, err, body)
+	}
+	if resp, _, err := n.HTTPGet("http://127.0.0.1:10256/livez", 2*time.Second); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/livez: %v %v", resp, err)
+	}
+
+	moves := []string{
+		`kubeproxy_sync_proxy_rules_service_changes_total`,
+		`kubeproxy_sync_proxy_rules_endpoint_changes_total`,
+		`kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}`,
+		`kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family="IPv4"}`,
+		`kubeproxy_network_programming_duration_seconds_count{ip_family="IPv4"}`,
+		`switchyard_syncs_total{ip_family="IPv4",kind="partial"}`,
+		`switchyard_chains_written_total{ip_family="IPv4"}`,
+		`kubeproxy_sync_proxy_rules_iptables_total{ip_family="IPv4",table="nat"}`,
+		`kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="external"}`,
+	}
+	before := map[string]float64{}
+	for _, m := range moves {
+		before[m] = scrape(t, n, m)
+	}
+
+	// A Service with an endpoint only on node-2 and externalTrafficPolicy
+	// Local: node-1 has no local endpoint for it.
+	ns := c.Namespace(t)
+	pod := c.StartPod(t, ns, cluster.PodOptions{Name: "m-1", Labels: map[string]string{"app": "m"}, Node: c.Nodes[1]})
+	svc := c.CreateService(t, ns, "m", cluster.ServiceOptions{Mutate: func(s *v1.Service) {
+		s.Spec.Type = v1.ServiceTypeNodePort
+		s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+	}})
+	cluster.ReachesAll(t, n.NS, "tcp", cluster.Addr(svc, 80), []string{pod.Name})
+	for _, m := range moves {
+		if !wait.Poll(cluster.Converge, func() bool { return scrape(t, n, m) > before[m] }) {
+			t.Errorf("%s did not move (stayed %v)", m, before[m])
+		}
+	}
+	// Network programming latency is a real figure: well under a minute.
+	count := scrape(t, n, `kubeproxy_network_programming_duration_seconds_count{ip_family="IPv4"}`)
+	under := scrape(t, n, `kubeproxy_network_programming_duration_seconds_bucket{ip_family="IPv4",le="59"}`)
+	if count == 0 || under < count {
+		t.Errorf("network programming latency: %v of %v observations under 59s", under, count)
+	}
+
+	// /debug endpoints.
+	_, body, err = n.HTTPGet("http://127.0.0.1:10249/debug/services/"+ns+"/m", 2*time.Second)
+	if err != nil || !strings.Contains(string(body), pod.IP) || !strings.Contains(string(body), ns+"/m:http") {
+		t.Errorf("/debug/services: %v %s", err, body)
+	}
+	_, body, err = n.HTTPGet("http://127.0.0.1:10249/debug/rules", 2*time.Second)
+	if err != nil || !strings.Contains(string(body), `"applied"`) {
+		t.Errorf("/debug/rules: %v %.300s", err, body)
+	}
+}
+
+func TestExplainOnALiveNode(t *testing.T) {
+	ns := c.Namespace(t)
+	pods := c.Deploy(t, ns, "ex", 2)
+	svc := c.CreateService(t, ns, "ex", cluster.ServiceOptions{})
+	client := c.StartPod(t, ns, cluster.PodOptions{Name: "client", Node: c.Nodes[0]})
+	cluster.ReachesAll(t, client.NS.NS, "tcp", cluster.Addr(svc, 80), cluster.Names(pods))
+
+	out, err := c.Nodes[0].Run(c.Opts.Switchyard, "explain", "--from", client.IP, "--to", cluster.Addr(svc, 80), "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Endpoints []string `json:"endpoints"`
+		Summary   string   `json:"summary"`
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("explain -o json: %v\n%s", err, out)
+	}
+	var want []string
+	for _, p := range pods {
+		want = append(want, p.IP+":8080")
+	}
+	sort.Strings(want)
+	if fmt.Sprint(got.Endpoints) != fmt.Sprint(want) {
+		t.Errorf("explain on the live node: endpoints %v, want %v (%s)", got.Endpoints, want, got.Summary)
+	}
+	// And in words, for a Service without endpoints.
+	empty := c.CreateService(t, ns, "nobody-here", cluster.ServiceOptions{})
+	cluster.Refused(t, client.NS.NS, cluster.Addr(empty, 80))
+	out, err = c.Nodes[0].Run(c.Opts.Switchyard, "explain", "--from", client.IP, "--to", cluster.Addr(empty, 80))
+	if err != nil || !regexp.MustCompile(`rejected: .*`+ns+`/nobody-here:http has no endpoints`).MatchString(out) {
+		t.Errorf("explain text: %v\n%s", err, out)
+	}
+}
