@@ -71,7 +71,7 @@ Run as root on a node (or inside a node's network namespace).`,
 	cmd.PersistentFlags().AddGoFlagSet(klogFlags)
 	o.AddFlags(cmd.Flags())
 
-	cmd.AddCommand(newRenderCommand(), newExplainCommand(), newCleanupCommand(), &cobra.Command{
+	cmd.AddCommand(newRenderCommand(), newExplainCommand(), newCleanupCommand(), newRulesCommand(), newDiffCommand(), &cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
 		Args:  cobra.NoArgs,

@@ -64,7 +64,11 @@ func DescribeService(snap *Snapshot, syncers []*Syncer, namespace, name string) 
 
 // mentions reports whether a rule's comment names the Service (exactly, or
 // one of its ports), not another Service whose name merely starts the same.
-func mentions(rule, svc string) bool {
+func mentions(rule, svc string) bool { return Mentions(rule, svc) }
+
+// Mentions reports whether a rule's comment names the Service "ns/name"
+// (exactly, or one of its ports).
+func Mentions(rule, svc string) bool {
 	for _, sep := range []string{svc + ":", svc + " ", svc + "\"", svc + "\n"} {
 		if strings.Contains(rule+"\n", sep) {
 			return true

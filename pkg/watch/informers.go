@@ -3,6 +3,7 @@ package watch
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -120,9 +121,12 @@ func (w *Watcher) Start(ctx context.Context) error {
 	return nil
 }
 
-// EventReporter turns object problems into Kubernetes Events.
+// EventReporter turns object problems into Kubernetes Events: one per
+// object per distinct problem, however often the object is seen again.
 type EventReporter struct {
 	recorder record.EventRecorder
+	mu       sync.Mutex
+	seen     map[string]bool
 }
 
 // NewEventReporter starts an event broadcaster writing through client.
@@ -131,12 +135,34 @@ func NewEventReporter(ctx context.Context, client kubernetes.Interface, nodeName
 	b.StartStructuredLogging(3)
 	b.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
 	rec := b.NewRecorder(scheme.Scheme, v1.EventSource{Component: "switchyard", Host: nodeName})
-	return &EventReporter{recorder: rec}
+	return &EventReporter{recorder: rec, seen: map[string]bool{}}
 }
 
-// Warn records a Warning event on the object.
+// maxRemembered bounds the memory of problems already reported.
+const maxRemembered = 10000
+
+// Warn records a Warning event on the object, unless this object already
+// got an event for the same problem.
 func (e *EventReporter) Warn(obj any, reason, message string) {
-	if o, ok := obj.(runtime.Object); ok {
-		e.recorder.Event(o, v1.EventTypeWarning, reason, message)
+	o, ok := obj.(runtime.Object)
+	if !ok {
+		return
 	}
+	key := reason + "|" + message
+	if m, err := meta.Accessor(obj); err == nil {
+		key = fmt.Sprintf("%T|%s/%s|%s", obj, m.GetNamespace(), m.GetName(), key)
+	} else if ref, ok := obj.(*v1.ObjectReference); ok {
+		key = fmt.Sprintf("%s|%s/%s|%s", ref.Kind, ref.Namespace, ref.Name, key)
+	}
+	e.mu.Lock()
+	if e.seen[key] {
+		e.mu.Unlock()
+		return
+	}
+	if len(e.seen) >= maxRemembered {
+		clear(e.seen)
+	}
+	e.seen[key] = true
+	e.mu.Unlock()
+	e.recorder.Event(o, v1.EventTypeWarning, reason, message)
 }

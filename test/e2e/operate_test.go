@@ -128,3 +128,49 @@ func TestExplainOnALiveNode(t *testing.T) {
 		t.Errorf("explain text: %v\n%s", err, out)
 	}
 }
+
+func TestRulesAndDiffOnALiveNode(t *testing.T) {
+	ns := c.Namespace(t)
+	pods := c.Deploy(t, ns, "rd", 2)
+	svc := c.CreateService(t, ns, "rd", cluster.ServiceOptions{})
+	n := c.Nodes[1]
+	cluster.ReachesAll(t, n.NS, "tcp", cluster.Addr(svc, 80), cluster.Names(pods))
+
+	out, err := n.Run(c.Opts.Switchyard, "rules", ns+"/rd")
+	if err != nil || !strings.Contains(out, ns+"/rd:http cluster IP") || !strings.Contains(out, pods[0].IP+":8080") {
+		t.Errorf("rules: %v\n%s", err, out)
+	}
+	diff := func() string {
+		out, err := n.Run(c.Opts.Switchyard, "diff", "--kubeconfig", c.CP.ProxyKubeconfig, "--hostname-override", n.Name,
+			"--cluster-cidr", cluster.ClusterCIDR+","+cluster.ClusterCIDR6)
+		if err != nil {
+			t.Fatalf("diff: %v\n%s", err, out)
+		}
+		return out
+	}
+	if out := diff(); !strings.Contains(out, "No differences") {
+		t.Errorf("diff right after a sync:\n%s", out)
+	}
+	// With switchyard stopped, a new Service is a pending change.
+	if err := n.StopProxy(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := n.StartProxy(nil); err != nil {
+			t.Error(err)
+		}
+		if err := n.WaitProxySynced(cluster.Converge); err != nil {
+			t.Error(err)
+		}
+	})
+	pending := c.CreateService(t, ns, "pending", cluster.ServiceOptions{Selector: map[string]string{"app": "rd"}})
+	want := ns + "/pending:http cluster IP"
+	if !wait.Poll(cluster.Converge, func() bool { return strings.Contains(diff(), want) }) {
+		t.Errorf("diff never showed the pending Service %s", cluster.Addr(pending, 80))
+	}
+	if out := diff(); !strings.Contains(out, "(new)") || !strings.Contains(out, "+ -A SWY-SERVICES") {
+		t.Errorf("diff output:\n%s", out)
+	}
+	// diff changed nothing.
+	cluster.NoAnswer(t, n.NS, cluster.Addr(pending, 80))
+}
