@@ -42,6 +42,7 @@ type daemonOptions struct {
 	apiQPS        float32
 	apiBurst      int
 	apiContent    string
+	configFile    string
 }
 
 func newDaemonOptions() *daemonOptions {
@@ -58,6 +59,7 @@ func (o *daemonOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.minSyncPeriod, "iptables-min-sync-period", o.minSyncPeriod, "The least time between two syncs; changes inside it are applied together")
 	fs.StringVar(&o.backend, "iptables-backend", o.backend, "iptables backend: auto (whichever the host uses), legacy or nft")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Log each iptables-restore batch instead of applying it (needs no root)")
+	fs.StringVar(&o.configFile, "config", "", "kube-proxy's KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1), as found in the kube-proxy ConfigMap; flags override it")
 	fs.StringVar(&o.healthzAddr, "healthz-bind-address", o.healthzAddr, "Where /healthz and /livez listen (kube-proxy's port; empty disables)")
 	fs.StringVar(&o.metricsAddr, "metrics-bind-address", o.metricsAddr, "Where /metrics and /debug listen (empty disables)")
 	fs.Float32Var(&o.apiQPS, "kube-api-qps", o.apiQPS, "QPS to use while talking with the API server")

@@ -56,6 +56,15 @@ Run as root on a node (or inside a node's network namespace).`,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.configFile != "" {
+				warning, err := loadConfigFile(o.configFile, cmd.Flags())
+				if err != nil {
+					return err
+				}
+				if warning != "" {
+					klog.Background().Info("Warning: " + warning)
+				}
+			}
 			if err := o.Complete(); err != nil {
 				return err
 			}
