@@ -215,31 +215,54 @@ func liveRules(ctx context.Context, family v1.IPFamily, backend iptables.Backend
 }
 
 func newCleanupCommand() *cobra.Command {
-	return &cobra.Command{
+	var kubeProxy bool
+	cmd := &cobra.Command{
 		Use:   "cleanup",
-		Short: "Remove every chain and jump rule switchyard owns, and nothing else",
+		Short: "Remove every chain and jump rule switchyard owns (or, with --kube-proxy, kube-proxy's), and nothing else",
 		Long: `cleanup removes every SWY- chain (also ones an older version left) and every
 rule that jumps to one, from every table of every installed iptables backend
-and IP family. Other rules, kube-proxy's included, are left alone.`,
+and IP family. Other rules, kube-proxy's included, are left alone.
+
+With --kube-proxy it removes instead the rules an old kube-proxy left: its
+iptables-mode chains by their exact names and prefixes (KUBE-SERVICES,
+KUBE-NODEPORTS, KUBE-POSTROUTING, KUBE-MARK-MASQ, KUBE-FORWARD,
+KUBE-EXTERNAL-SERVICES, KUBE-PROXY-FIREWALL, KUBE-PROXY-CANARY, KUBE-SVC-,
+KUBE-SVL-, KUBE-EXT-, KUBE-FW-, KUBE-SEP-, KUBE-XLB-) with the jumps to them,
+in both backends and both families, and its nftables-mode tables
+("ip kube-proxy", "ip6 kube-proxy"). Kubelet's KUBE-FIREWALL and
+KUBE-KUBELET-CANARY and every other tool's chains stay. IPVS-mode leftovers
+are manual steps: see docs/migrating-from-kube-proxy.md.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			if ctx == nil {
-				ctx = context.Background()
-			}
+			ctx := cmdContext(cmd)
 			runners := iptables.AvailableRunners(ctx)
 			if len(runners) == 0 {
 				return fmt.Errorf("no iptables binaries found")
 			}
+			owned, what := iptables.Prefix(proxier.ChainPrefix), "switchyard"
+			if kubeProxy {
+				owned, what = iptables.KubeProxyChains, "kube-proxy"
+			}
 			var errs []error
 			for _, r := range runners {
-				n, err := r.Cleanup(ctx, proxier.ChainPrefix)
+				n, err := r.Cleanup(ctx, owned)
 				if err != nil {
 					errs = append(errs, fmt.Errorf("%s %s: %w", r.Backend(), r.Family(), err))
 					continue
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s %s: removed %d chains\n", r.Backend(), r.Family(), n)
+				fmt.Fprintf(cmd.OutOrStdout(), "%s %s: removed %d %s chains\n", r.Backend(), r.Family(), n, what)
+			}
+			if kubeProxy {
+				tables, err := iptables.CleanupKubeProxyNFTables(ctx)
+				for _, t := range tables {
+					fmt.Fprintf(cmd.OutOrStdout(), "nftables: removed table %s\n", t)
+				}
+				if err != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), "nftables: %v\n", err)
+				}
 			}
 			return errors.Join(errs...)
 		},
 	}
+	cmd.Flags().BoolVar(&kubeProxy, "kube-proxy", false, "Remove the rules an old kube-proxy left instead of switchyard's")
+	return cmd
 }

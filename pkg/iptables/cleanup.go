@@ -9,21 +9,44 @@ import (
 	"strings"
 )
 
+// Owner decides which chains a cleanup removes.
+type Owner func(chain string) bool
+
+// Prefix owns every chain starting with p.
+func Prefix(p string) Owner { return func(c string) bool { return strings.HasPrefix(c, p) } }
+
+// KubeProxyChains owns upstream kube-proxy's iptables-mode chains, by their
+// exact names and per-Service prefixes (KUBE-XLB- from before v1.24 too),
+// and nothing else: kubelet's KUBE-FIREWALL and KUBE-KUBELET-CANARY and
+// other tools' KUBE-* chains (kube-router's KUBE-ROUTER-*, ...) stay.
+func KubeProxyChains(c string) bool {
+	switch c {
+	case "KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-FORWARD",
+		"KUBE-EXTERNAL-SERVICES", "KUBE-PROXY-FIREWALL", "KUBE-PROXY-CANARY":
+		return true
+	}
+	for _, p := range []string{"KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-", "KUBE-XLB-"} {
+		if strings.HasPrefix(c, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // CleanupText returns restore input that removes, from one table's save
-// output, every chain whose name starts with prefix and every rule elsewhere
-// that jumps to such a chain, and nothing else. It is empty when there is
-// nothing to remove.
-func CleanupText(table string, save []byte, prefix string) string {
+// output, every chain owned and every rule elsewhere that jumps to one, and
+// nothing else. It is empty when there is nothing to remove.
+func CleanupText(table string, save []byte, owned Owner) string {
 	chains, jumps := ScanSave(save)
 	var ours []string
 	for _, c := range chains {
-		if strings.HasPrefix(c, prefix) {
+		if owned(c) {
 			ours = append(ours, c)
 		}
 	}
 	var b strings.Builder
 	for _, j := range jumps {
-		if !strings.HasPrefix(j.Chain, prefix) && strings.HasPrefix(j.Target, prefix) {
+		if !owned(j.Chain) && owned(j.Target) {
 			fmt.Fprintf(&b, "-D %s %s\n", j.Chain, j.Rule)
 		}
 	}
@@ -81,9 +104,9 @@ func ScanSave(save []byte) ([]string, []SavedJump) {
 // CleanupTables are the tables cleanup looks in.
 var CleanupTables = []string{"nat", "filter", "mangle", "raw"}
 
-// Cleanup removes everything with the prefix from every table of this
-// runner's backend and family.
-func (r *Runner) Cleanup(ctx context.Context, prefix string) (int, error) {
+// Cleanup removes every owned chain, and the jumps to them, from every
+// table of this runner's backend and family.
+func (r *Runner) Cleanup(ctx context.Context, owned Owner) (int, error) {
 	removed := 0
 	var errs []error
 	for _, t := range CleanupTables {
@@ -92,7 +115,7 @@ func (r *Runner) Cleanup(ctx context.Context, prefix string) (int, error) {
 			// A table the kernel does not have is fine.
 			continue
 		}
-		text := CleanupText(t, save, prefix)
+		text := CleanupText(t, save, owned)
 		if text == "" {
 			continue
 		}
@@ -126,4 +149,27 @@ func AvailableRunners(ctx context.Context) []*Runner {
 		}
 	}
 	return out
+}
+
+// CleanupKubeProxyNFTables deletes upstream kube-proxy's nftables-mode
+// tables ("ip kube-proxy", "ip6 kube-proxy") with the nft tool. It returns
+// the tables removed; a host without nft reports what to run by hand.
+func CleanupKubeProxyNFTables(ctx context.Context) ([]string, error) {
+	nft, err := exec.LookPath("nft")
+	if err != nil {
+		return nil, fmt.Errorf("nft is not installed: if kube-proxy ran in nftables mode, delete its tables by hand: nft delete table ip kube-proxy; nft delete table ip6 kube-proxy")
+	}
+	var removed []string
+	var errs []error
+	for _, family := range []string{"ip", "ip6"} {
+		if exec.CommandContext(ctx, nft, "list", "table", family, "kube-proxy").Run() != nil {
+			continue // no such table
+		}
+		if out, err := exec.CommandContext(ctx, nft, "delete", "table", family, "kube-proxy").CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("nft delete table %s kube-proxy: %w: %s", family, err, out))
+			continue
+		}
+		removed = append(removed, family+" kube-proxy")
+	}
+	return removed, errors.Join(errs...)
 }

@@ -206,7 +206,7 @@ func TestCleanupText(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, table := range []string{"nat", "filter"} {
-		text := CleanupText(table, []byte(rs.Tables[table].save()), "SWY-")
+		text := CleanupText(table, []byte(rs.Tables[table].save()), Prefix("SWY-"))
 		if err := rs.Restore(text, true); err != nil {
 			t.Fatalf("%s cleanup does not apply: %v\n%s", table, err, text)
 		}
@@ -219,7 +219,7 @@ func TestCleanupText(t *testing.T) {
 			t.Errorf("cleanup removed a foreign %q", keep)
 		}
 	}
-	if got := CleanupText("nat", []byte(rs.Tables["nat"].save()), "SWY-"); got != "" {
+	if got := CleanupText("nat", []byte(rs.Tables["nat"].save()), Prefix("SWY-")); got != "" {
 		t.Errorf("second cleanup is not empty: %q", got)
 	}
 }
@@ -232,5 +232,30 @@ func TestMarkArithmetic(t *testing.T) {
 	tr := TracePacket(rs, TraceInput{Packet: Packet{Src: netip.MustParseAddr("127.0.0.1"), Dst: netip.MustParseAddr("1.1.1.1"), DstPort: 1, Protocol: "tcp"}})
 	if len(tr.Outcomes) != 1 || !tr.Outcomes[0].Masquerade || tr.Outcomes[0].Mark != 0x4001 {
 		t.Errorf("outcomes %+v", tr.Outcomes)
+	}
+}
+
+func TestCleanupKubeProxyLeavesOthersAlone(t *testing.T) {
+	rs := loadSave(t, "nft.save")
+	extra := "*filter\n:KUBE-ROUTER-INPUT - [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\n:KUBE-PROXY-FIREWALL - [0:0]\n-A INPUT -j KUBE-ROUTER-INPUT\n-A INPUT -m conntrack --ctstate NEW -j KUBE-PROXY-FIREWALL\nCOMMIT\n*nat\n:KUBE-XLB-OLDSTYLE - [0:0]\n-A KUBE-SERVICES -j KUBE-XLB-OLDSTYLE\nCOMMIT\n"
+	if err := rs.Restore(extra, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range []string{"nat", "filter"} {
+		text := CleanupText(table, []byte(rs.Tables[table].save()), KubeProxyChains)
+		if err := rs.Restore(text, true); err != nil {
+			t.Fatalf("%s: %v\n%s", table, err, text)
+		}
+	}
+	saved := rs.Save()
+	for _, gone := range []string{"KUBE-SERVICES", "KUBE-SVC-", "KUBE-SEP-", "KUBE-MARK-MASQ", "KUBE-PROXY-FIREWALL", "KUBE-XLB-"} {
+		if strings.Contains(saved, gone) {
+			t.Errorf("%s survived", gone)
+		}
+	}
+	for _, kept := range []string{":KUBE-FIREWALL", ":KUBE-KUBELET-CANARY", ":KUBE-ROUTER-INPUT", "-j KUBE-ROUTER-INPUT", ":SWY-SERVICES", "-j SWY-SERVICES", ":DOCKER"} {
+		if !strings.Contains(saved, kept) {
+			t.Errorf("%s was removed", kept)
+		}
 	}
 }

@@ -267,6 +267,28 @@ func (n *Node) StopProxy() error {
 	return p.Stop(15 * time.Second)
 }
 
+// StartKubeProxy runs upstream kube-proxy v1.36.3 (iptables mode, built by
+// the tools module) in this node's namespace, beside switchyard, on other
+// health and metrics ports. It is stopped at cleanup if still running.
+func (n *Node) StartKubeProxy(t netns.T) *Process {
+	t.Helper()
+	p, err := StartProcess("kube-proxy@"+n.Name, n.Command(filepath.Join(n.c.Opts.ToolsDir, "kube-proxy"),
+		"--kubeconfig="+n.c.CP.ProxyKubeconfig,
+		"--hostname-override="+n.Name,
+		"--cluster-cidr="+ClusterCIDR+","+ClusterCIDR6,
+		"--proxy-mode=iptables",
+		"--conntrack-max-per-core=0", // the conntrack sysctls are not writable in a namespace
+		"--healthz-bind-address=0.0.0.0:10266",
+		"--metrics-bind-address=127.0.0.1:10259",
+		"--iptables-sync-period=5s",
+		"--v=2"), filepath.Join(n.c.Opts.LogDir, "kube-proxy-"+n.Name+".log"), nil)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	t.Cleanup(func() { _ = p.Stop(10 * time.Second) })
+	return p
+}
+
 // RestartProxy stops and starts this node's switchyard.
 func (n *Node) RestartProxy() error {
 	if err := n.StopProxy(); err != nil {
