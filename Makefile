@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin:/usr/sbin:/sbin
 
-.PHONY: all setup build test lint unit integration e2e e2e-tools run golden clean
+.PHONY: all setup build test lint unit integration e2e e2e-tools run golden image clean
 
 all: build
 
@@ -28,6 +28,7 @@ lint:
 	cd hack/tools && $(GO) vet ./...
 	cd hack/tools && $(GO) run ./kindconfig ../../test/e2e/kind/cluster.yaml
 	cd hack/tools && $(GO) run github.com/rhysd/actionlint/cmd/actionlint ../../.github/workflows/e2e-kind.yaml
+	$(GO) run ./hack/checkdeploy deploy/daemonset.yaml
 
 ## unit: unit tests (no root needed)
 unit:
@@ -53,6 +54,11 @@ e2e: e2e-tools
 ## golden: rewrite the golden restore text after an intended change
 golden:
 	$(GO) test ./pkg/proxier -run TestGolden -update
+
+## image: build the container image (needs a container engine; there is none on the project's CI machines)
+image:
+	@docker info >/dev/null 2>&1 || { echo "make image: no container engine reachable (docker info fails); build on a host with Docker"; exit 1; }
+	docker build --build-arg VERSION=$(VERSION) -t switchyard:$(VERSION) .
 
 clean:
 	rm -rf bin

@@ -350,3 +350,28 @@ func TestRealBackendDetection(t *testing.T) {
 		}
 	}
 }
+
+// cleanup --kube-proxy also removes kube-proxy's nftables-mode tables, and
+// only those.
+func TestCleanupKubeProxyNFTables(t *testing.T) {
+	netns.RequireRoot(t, "nft")
+	ns := netns.New(t, "nft")
+	for _, args := range [][]string{
+		{"nft", "add", "table", "ip", "kube-proxy"},
+		{"nft", "add", "table", "ip6", "kube-proxy"},
+		{"nft", "add", "table", "ip", "somebody-else"},
+	} {
+		ns.MustRun(args...)
+	}
+	out, err := ns.Run(binary, "cleanup", "--kube-proxy")
+	if err != nil {
+		t.Fatalf("cleanup --kube-proxy: %v\n%s", err, out)
+	}
+	tables := ns.MustRun("nft", "list", "tables")
+	if strings.Contains(tables, "kube-proxy") {
+		t.Errorf("kube-proxy tables left:\n%s", tables)
+	}
+	if !strings.Contains(tables, "somebody-else") {
+		t.Errorf("another tool's table was removed:\n%s", tables)
+	}
+}
