@@ -7,6 +7,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 
@@ -103,5 +104,23 @@ func TestTrackerNode(t *testing.T) {
 	tr.DeleteNode("node-a")
 	if tr.Snapshot().Node.Known {
 		t.Error("node still known after deletion")
+	}
+}
+
+func TestEventsOncePerObjectPerProblem(t *testing.T) {
+	rec := record.NewFakeRecorder(10)
+	r := &EventReporter{recorder: rec, seen: map[string]bool{}}
+	a, b := svc("a"), svc("b")
+	r.Warn(a, "InvalidService", "bad externalIP")
+	r.Warn(a, "InvalidService", "bad externalIP") // the same problem again
+	r.Warn(a, "InvalidService", "bad LB IP")      // a different problem
+	r.Warn(b, "InvalidService", "bad externalIP") // another object
+	close(rec.Events)
+	var got []string
+	for e := range rec.Events {
+		got = append(got, e)
+	}
+	if len(got) != 3 {
+		t.Errorf("events = %v, want 3", got)
 	}
 }

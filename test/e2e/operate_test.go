@@ -174,3 +174,99 @@ func TestRulesAndDiffOnALiveNode(t *testing.T) {
 	// diff changed nothing.
 	cluster.NoAnswer(t, n.NS, cluster.Addr(pending, 80))
 }
+
+// A restore that the kernel refuses: someone's rule jumps into one of our
+// endpoint chains, so deleting that chain fails. The failure is counted,
+// /debug/rules shows it, and the next (full) sync removes the foreign jump
+// and recovers, while traffic keeps flowing.
+func TestRestoreFailureIsCountedAndRecovered(t *testing.T) {
+	n := c.Nodes[0]
+	ns := c.Namespace(t)
+	pods := c.Deploy(t, ns, "rf", 2)
+	svc := c.CreateService(t, ns, "rf", cluster.ServiceOptions{})
+	client := c.StartPod(t, ns, cluster.PodOptions{Name: "client", Node: n})
+	addr := cluster.Addr(svc, 80)
+	cluster.ReachesAll(t, client.NS.NS, "tcp", addr, cluster.Names(pods))
+
+	out, err := n.Save("nat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sep := regexp.MustCompile(`-A (SWY-SEP-\S+) .*DNAT --to-destination ` + regexp.QuoteMeta(pods[0].IP) + `:8080`).FindStringSubmatch(out)
+	if sep == nil {
+		t.Fatalf("no endpoint chain for %s", pods[0].IP)
+	}
+	n.MustRun("iptables", "-t", "nat", "-A", "OUTPUT", "-d", "192.0.2.1/32", "-m", "comment", "--comment", "someone else", "-j", sep[1])
+	failures := scrape(t, n, `kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}`)
+	full := scrape(t, n, `switchyard_syncs_total{ip_family="IPv4",kind="full"}`)
+	deleted := scrape(t, n, `switchyard_chains_deleted_total{ip_family="IPv4"}`)
+
+	pods[0].Delete(t)
+	if !wait.Poll(cluster.Converge, func() bool {
+		return scrape(t, n, `kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family="IPv4"}`) > failures
+	}) {
+		t.Fatal("the refused restore was not counted")
+	}
+	_, body, _ := n.HTTPGet("http://127.0.0.1:10249/debug/rules", 2*time.Second)
+	if !strings.Contains(string(body), `"failed"`) || !strings.Contains(string(body), sep[1]) {
+		t.Errorf("/debug/rules does not show the failed batch:\n%.500s", body)
+	}
+	if !wait.Poll(cluster.Converge, func() bool {
+		return scrape(t, n, `switchyard_syncs_total{ip_family="IPv4",kind="full"}`) > full &&
+			scrape(t, n, `switchyard_chains_deleted_total{ip_family="IPv4"}`) > deleted
+	}) {
+		t.Fatal("no full sync recovered")
+	}
+	cluster.OnlyReaches(t, client.NS.NS, "tcp", addr, []string{pods[1].Name}, 10)
+	if out, _ := n.Save("nat"); strings.Contains(out, sep[1]) {
+		t.Errorf("the foreign jump to the deleted chain %s survived the full sync", sep[1])
+	}
+}
+
+func TestMoreMetricsMove(t *testing.T) {
+	n := c.Nodes[0]
+	metricsThatMove := []string{
+		`kubeproxy_proxy_healthz_total{code="200"}`,
+		`kubeproxy_proxy_livez_total{code="200"}`,
+		`kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family="IPv4"}`,
+		`switchyard_sync_restore_bytes_count{ip_family="IPv4"}`,
+		`kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="internal"}`,
+		`kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family="IPv4"}`,
+		`switchyard_conntrack_entries_deleted_total{ip_family="IPv4"}`,
+	}
+	before := map[string]float64{}
+	for _, m := range metricsThatMove {
+		before[m] = scrape(t, n, m)
+	}
+	for _, path := range []string{"/healthz", "/livez"} {
+		if _, _, err := n.HTTPGet("http://127.0.0.1:10256"+path, 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns := c.Namespace(t)
+	// internalTrafficPolicy Local with the only endpoint on node-2.
+	c.StartPod(t, ns, cluster.PodOptions{Name: "far", Labels: map[string]string{"app": "far"}, Node: c.Nodes[1]})
+	c.CreateService(t, ns, "far", cluster.ServiceOptions{Mutate: func(s *v1.Service) {
+		s.Spec.InternalTrafficPolicy = ptrTo(v1.ServiceInternalTrafficPolicyLocal)
+	}})
+	// A UDP flow whose endpoint is replaced: its conntrack entry is deleted.
+	a := c.StartPod(t, ns, cluster.PodOptions{Name: "u-a", Labels: map[string]string{"app": "u"}, Node: c.Nodes[1]})
+	udp := c.CreateService(t, ns, "u", cluster.ServiceOptions{Ports: []v1.ServicePort{cluster.DNSPort}})
+	session, err := n.DialUDP(cluster.Addr(udp, 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer session.Close()
+	askUntil(t, session, "answered by u-a", answeredBy("u-a"))
+	c.StartPod(t, ns, cluster.PodOptions{Name: "u-b", Labels: map[string]string{"app": "u"}, Node: c.Nodes[1]})
+	a.Delete(t)
+	askUntil(t, session, "answered by u-b", answeredBy("u-b"))
+
+	for _, m := range metricsThatMove {
+		if !wait.Poll(cluster.Converge, func() bool { return scrape(t, n, m) > before[m] }) {
+			t.Errorf("%s did not move (stayed %v)", m, before[m])
+		}
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }
