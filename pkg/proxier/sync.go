@@ -39,6 +39,10 @@ type SyncResult struct {
 type Syncer struct {
 	Config RenderConfig
 	Host   iptables.Interface
+	// HostTimeout bounds every call to the host (restore, save, jumps): a
+	// hung iptables-restore is killed and the sync retried, never waited on
+	// forever. Zero means DefaultHostTimeout.
+	HostTimeout time.Duration
 	// Conntrack, when set, has stale UDP flows deleted after every sync.
 	Conntrack conntrack.Interface
 
@@ -67,6 +71,18 @@ func (s *Syncer) Batches() (applied, failed Batch) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lastBatch, s.lastFailed
+}
+
+// DefaultHostTimeout is how long one host call may take. A full restore of
+// 10,000 Services can take tens of seconds on nf_tables.
+const DefaultHostTimeout = 5 * time.Minute
+
+func (s *Syncer) hostCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	d := s.HostTimeout
+	if d <= 0 {
+		d = DefaultHostTimeout
+	}
+	return context.WithTimeout(ctx, d)
 }
 
 // NewSyncer returns a syncer whose first sync is full.
@@ -118,7 +134,10 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	fam := string(s.Config.Family)
 	if len(text) > 0 {
 		batch := Batch{Family: s.Config.Family, Time: time.Now(), Full: full, Text: string(text)}
-		if err := s.Host.Restore(ctx, text); err != nil {
+		hctx, cancel := s.hostCtx(ctx)
+		err := s.Host.Restore(hctx, text)
+		cancel()
+		if err != nil {
 			batch.Error = err.Error()
 			s.lastFailed = batch
 			s.applied = nil
@@ -131,7 +150,10 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 		s.lastBatch = batch
 	}
 	if full || !s.jumpsKnownGood(rules) {
-		if err := s.Host.EnsureJumps(ctx, rules.Jumps); err != nil {
+		hctx, cancel := s.hostCtx(ctx)
+		err := s.Host.EnsureJumps(hctx, rules.Jumps)
+		cancel()
+		if err != nil {
 			s.applied = nil
 			return res, fmt.Errorf("ensuring %s jump rules: %w", s.Config.Family, err)
 		}
@@ -213,7 +235,9 @@ func (s *Syncer) hostState(ctx context.Context, rules *Rules) (map[string][]stri
 	stale := map[string][]string{}
 	unjump := map[string][]string{}
 	for _, t := range rules.Tables {
-		out, err := s.Host.Save(ctx, t.Name)
+		hctx, cancel := s.hostCtx(ctx)
+		out, err := s.Host.Save(hctx, t.Name)
+		cancel()
 		if err != nil {
 			return nil, nil, fmt.Errorf("reading %s table: %w", t.Name, err)
 		}

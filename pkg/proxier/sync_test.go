@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -338,4 +339,52 @@ func TestLoopSyncsOnRequestAndCollapsesBursts(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// hungHost is a host whose restores hang until their context ends, while
+// hang is set.
+type hungHost struct {
+	*iptables.Fake
+	hang atomic.Bool
+}
+
+func (h *hungHost) Restore(ctx context.Context, text []byte) error {
+	if h.hang.Load() {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return h.Fake.Restore(ctx, text)
+}
+
+func TestHungRestoreIsAbandonedAndRetried(t *testing.T) {
+	ctx := context.Background()
+	host := &hungHost{Fake: iptables.NewFake()}
+	s := NewSyncer(defaultConfig(), host)
+	s.HostTimeout = 50 * time.Millisecond
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	if _, err := s.Sync(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	host.hang.Store(true)
+	snap2 := NewSnapshot()
+	addService(snap2, "web", "10.96.0.10", 3)
+	done := make(chan error, 1)
+	go func() { _, err := s.Sync(ctx, snap2); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a hung restore was reported as success")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sync waited on a hung restore")
+	}
+	host.hang.Store(false)
+	res, err := s.Sync(ctx, snap2)
+	if err != nil || !res.Full {
+		t.Fatalf("retry after a hung restore: full=%v err=%v", res.Full, err)
+	}
+	if !equalChains(swyChains(host.Fake), wantChains(Render(snap2, defaultConfig()))) {
+		t.Error("rules not converged after the retry")
+	}
 }

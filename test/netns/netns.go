@@ -154,10 +154,19 @@ func (n *NS) Do(fn func() error) error {
 	}
 	errc := make(chan error, 1)
 	go func() {
+		returned := false
+		defer func() {
+			// fn called t.Fatal (runtime.Goexit) or panicked: report it
+			// rather than leave the caller waiting forever.
+			if !returned {
+				errc <- fmt.Errorf("the function run in namespace %s did not return (t.Fatal or panic inside Do)", n.Name)
+			}
+		}()
 		runtime.LockOSThread()
 		orig, err := unix.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			runtime.UnlockOSThread()
+			returned = true
 			errc <- fmt.Errorf("opening this thread's namespace: %w", err)
 			return
 		}
@@ -165,16 +174,19 @@ func (n *NS) Do(fn func() error) error {
 		fd, err := unix.Open("/var/run/netns/"+n.Name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			runtime.UnlockOSThread()
+			returned = true
 			errc <- fmt.Errorf("opening namespace %s: %w", n.Name, err)
 			return
 		}
 		defer unix.Close(fd)
 		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
+			returned = true
 			errc <- fmt.Errorf("entering namespace %s: %w", n.Name, err)
 			return
 		}
 		err = fn()
+		returned = true
 		if unix.Setns(orig, unix.CLONE_NEWNET) == nil {
 			runtime.UnlockOSThread()
 		} // else: stay locked; the thread is discarded when this goroutine ends
