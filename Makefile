@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin:/usr/sbin:/sbin
 
-.PHONY: all setup build test lint unit integration e2e e2e-tools run golden image clean
+.PHONY: all setup build test lint unit integration e2e e2e-tools run golden image fuzz clean
 
 all: build
 
@@ -50,6 +50,14 @@ e2e-tools:
 ## e2e: the local cluster suite (root): real control plane, netns nodes, real packets
 e2e: e2e-tools
 	$(GO) test -count=1 -timeout 30m ./test/e2e/...
+
+## fuzz: run each fuzz target for FUZZTIME (default 30s); not part of make test (their seeds are)
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test ./pkg/proxier -run '^$$' -fuzz '^FuzzRender$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/proxier -run '^$$' -fuzz '^FuzzRenderFiles$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/iptables -run '^$$' -fuzz '^FuzzParseSave$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/iptables -run '^$$' -fuzz '^FuzzTrace$$' -fuzztime $(FUZZTIME)
 
 ## golden: rewrite the golden restore text after an intended change
 golden:

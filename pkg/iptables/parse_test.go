@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The testdata *.save files are real iptables-save output (nft and legacy
@@ -257,5 +258,24 @@ func TestCleanupKubeProxyLeavesOthersAlone(t *testing.T) {
 		if !strings.Contains(saved, kept) {
 			t.Errorf("%s was removed", kept)
 		}
+	}
+}
+
+func TestTraceRandomLoopIsBounded(t *testing.T) {
+	rs, err := ParseSave("*nat\n:A - [0:0]\n-A PREROUTING -j A\n-A A -m statistic --mode random --probability 0.5 -j A\n-A A -m statistic --mode random --probability 0.5 -j A\nCOMMIT\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *Trace, 1)
+	go func() {
+		done <- TracePacket(rs, TraceInput{Packet: Packet{Src: netip.MustParseAddr("1.1.1.1"), Dst: netip.MustParseAddr("2.2.2.2"), DstPort: 1, Protocol: "tcp"}})
+	}()
+	select {
+	case tr := <-done:
+		if len(tr.Outcomes) == 0 || len(tr.Outcomes) > maxBranches+1 || len(tr.Unevaluated) == 0 {
+			t.Errorf("%d outcomes, notes %v", len(tr.Outcomes), tr.Unevaluated)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("tracing a random loop did not end")
 	}
 }

@@ -112,6 +112,7 @@ func (s state) fork() state {
 }
 
 type tracer struct {
+	forks int
 	rs    *Ruleset
 	in    TraceInput
 	local map[netip.Addr]bool
@@ -207,12 +208,21 @@ func (t *tracer) walkHook(table, chain string, s state) []state {
 
 const maxDepth = 64
 
+// maxBranches bounds the random choices followed: past it, random matches
+// count as not matching (and the trace says so), so a pathological ruleset
+// cannot make tracing exponential.
+const maxBranches = 4096
+
 // runChain walks one chain. Returned branches have verdict "" (fell off the
 // end or returned) or a terminal verdict.
 func (t *tracer) runChain(tbl *Table, chain string, s state, depth int) []state {
 	c := tbl.Chains[chain]
-	if c == nil || depth > maxDepth {
+	if c == nil {
 		t.notes[fmt.Sprintf("jump to missing chain %s", chain)] = true
+		return []state{s}
+	}
+	if depth > maxDepth {
+		t.notes[fmt.Sprintf("jumps nested deeper than %d at %s (a loop?): not followed", maxDepth, chain)] = true
 		return []state{s}
 	}
 	live := []state{s}
@@ -371,7 +381,12 @@ func (t *tracer) match(table string, r *Rule, s state) (*state, *state) {
 			forked = true
 		}
 	}
+	if forked && t.forks >= maxBranches {
+		t.notes[fmt.Sprintf("more than %d random paths: the rest were not followed", maxBranches)] = true
+		return nil, &s
+	}
 	if forked {
+		t.forks++
 		yes, no := s.fork(), s.fork()
 		yes.random, no.random = true, true
 		return &yes, &no

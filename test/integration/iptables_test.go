@@ -5,6 +5,7 @@ package integration
 
 import (
 	"context"
+	"math/rand"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 
+	"github.com/switchyard-proxy/switchyard/internal/fuzzgen"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 	"github.com/switchyard-proxy/switchyard/pkg/manifest"
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
@@ -373,5 +375,31 @@ func TestCleanupKubeProxyNFTables(t *testing.T) {
 	}
 	if !strings.Contains(tables, "somebody-else") {
 		t.Errorf("another tool's table was removed:\n%s", tables)
+	}
+}
+
+// Shapes from the fuzz generator (odd names, every policy and state, both
+// families) must be accepted by the real iptables-restore --test too.
+func TestRealIptablesAcceptsGeneratedShapes(t *testing.T) {
+	netns.RequireRoot(t, "iptables-legacy-restore", "iptables-nft-restore", "ip6tables-nft-restore")
+	ns := netns.New(t, "gen")
+	rnd := rand.New(rand.NewSource(1))
+	for i := 0; i < 40; i++ {
+		data := make([]byte, 64)
+		rnd.Read(data)
+		snap := fuzzgen.Snapshot(data)
+		for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+			text := proxier.RestoreText(proxier.Render(snap, fuzzgen.Config(data, fam)))
+			tool := "iptables"
+			if fam == v1.IPv6Protocol {
+				tool = "ip6tables"
+			}
+			for _, backend := range backends {
+				restore := tool + "-" + string(backend) + "-restore"
+				if out, err := ns.RunInput([]byte(text), restore, "--test", "--noflush"); err != nil {
+					t.Fatalf("shape %d (%x): %s --test rejects: %v\n%s\n%s", i, data, restore, err, out, text)
+				}
+			}
+		}
 	}
 }
