@@ -29,6 +29,9 @@ const (
 	ChainForward          = "SWY-FORWARD"
 	ChainProxyFirewall    = "SWY-PROXY-FIREWALL"
 	ChainFirewall         = "SWY-FIREWALL"
+	// ChainCanary is an empty chain in nat and filter: if it is gone,
+	// someone flushed or rewrote the table, and a full sync follows.
+	ChainCanary = "SWY-PROXY-CANARY"
 
 	svcChainPrefix = "SWY-SVC-"
 	svlChainPrefix = "SWY-SVL-"
@@ -202,8 +205,8 @@ func BaseJumps() []iptables.Jump {
 // TopLevelChains are the chains every sync keeps, per table.
 func TopLevelChains() map[string][]string {
 	return map[string][]string{
-		TableNAT:    {ChainServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq},
-		TableFilter: {ChainServices, ChainExternalServices, ChainForward, ChainNodePorts, ChainProxyFirewall, ChainFirewall},
+		TableNAT:    {ChainServices, ChainNodePorts, ChainPostrouting, ChainMarkMasq, ChainCanary},
+		TableFilter: {ChainServices, ChainExternalServices, ChainForward, ChainNodePorts, ChainProxyFirewall, ChainFirewall, ChainCanary},
 	}
 }
 

@@ -101,3 +101,74 @@ func TestXtablesLockHeldByAnotherProgram(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Someone flushes the nat table, or a firewall tool rewrites the filter
+// table without our chains: the check every sync period notices (the
+// canary and top-level chains, the jumps) and a full sync restores
+// everything.
+func TestFlushedAndRewrittenTablesAreRestored(t *testing.T) {
+	netns.RequireRoot(t, "iptables-nft-restore")
+	ns := netns.New(t, "flush")
+	err := ns.Do(func() error {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		r, err := iptables.NewRunner(ctx, iptables.IPv4, iptables.BackendNFT)
+		if err != nil {
+			return err
+		}
+		snap := snapshot(map[string]int{"web": 2, "db": 1})
+		src := &source{snap: snap}
+		p := proxier.New(proxier.LoopConfig{MinSyncPeriod: 10 * time.Millisecond, SyncPeriod: 500 * time.Millisecond}, src, proxier.NewSyncer(cfg(), r))
+		loopDone := make(chan struct{})
+		go func() {
+			defer close(loopDone)
+			_ = ns.Do(func() error { p.Run(ctx); return nil })
+		}()
+		defer func() { cancel(); <-loopDone }()
+		want := wantChains(proxier.Render(snap, cfg()))
+		intact := func() bool {
+			got, jumps := hostChains(t, r)
+			for _, table := range []string{"nat", "filter"} {
+				for name, n := range want[table] {
+					if have, ok := got[table][name]; !ok || have != n {
+						return false
+					}
+				}
+			}
+			return strings.Join(jumps, ",") == strings.Join(wantJumps(), ",")
+		}
+		if !wait.Poll(30*time.Second, intact) {
+			t.Fatal("no first sync")
+		}
+		for _, fault := range []struct {
+			name, restore string
+			noflush       bool
+		}{
+			{"iptables -t nat -F", "*nat\n-F\nCOMMIT\n", true},
+			{"a firewall rewriting the filter table", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n", false},
+			{"our canary deleted", "*nat\n-X SWY-PROXY-CANARY\nCOMMIT\n", true},
+		} {
+			args := []string{"iptables-nft-restore"}
+			if fault.noflush {
+				args = append(args, "--noflush")
+			}
+			cmd := exec.Command(args[0], args[1:]...)
+			cmd.Stdin = strings.NewReader(fault.restore)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v: %s", fault.name, err, out)
+			}
+			if intact() {
+				t.Fatalf("%s did not break anything", fault.name)
+			}
+			start := time.Now()
+			if !wait.Poll(30*time.Second, intact) {
+				t.Fatalf("%s: rules not restored", fault.name)
+			}
+			t.Logf("%s: restored after %v", fault.name, time.Since(start).Round(10*time.Millisecond))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

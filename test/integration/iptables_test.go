@@ -125,8 +125,11 @@ func sameChains(t *testing.T, step string, got, want map[string]map[string]int) 
 	t.Helper()
 	for _, table := range []string{"nat", "filter"} {
 		for name, n := range want[table] {
-			if got[table][name] != n {
-				t.Errorf("%s: %s chain %s has %d rules on the host, want %d", step, table, name, got[table][name], n)
+			have, ok := got[table][name]
+			if !ok {
+				t.Errorf("%s: %s chain %s is missing on the host", step, table, name)
+			} else if have != n {
+				t.Errorf("%s: %s chain %s has %d rules on the host, want %d", step, table, name, have, n)
 			}
 		}
 		for name := range got[table] {
