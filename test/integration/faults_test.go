@@ -2,11 +2,16 @@ package integration
 
 import (
 	"context"
+	"fmt"
+	"net/netip"
 	"os/exec"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
@@ -171,4 +176,79 @@ func TestFlushedAndRewrittenTablesAreRestored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// iptables-restore killed with SIGKILL in the middle of a large batch: the
+// kernel holds either the old table or the new one, never a half-written
+// mix, and the next sync converges.
+func TestRestoreKilledMidway(t *testing.T) {
+	netns.RequireRoot(t, "iptables-nft-restore", "pkill")
+	ns := netns.New(t, "kill")
+	err := ns.Do(func() error {
+		ctx := context.Background()
+		r, err := iptables.NewRunner(ctx, iptables.IPv4, iptables.BackendNFT)
+		if err != nil {
+			return err
+		}
+		small := map[string]int{}
+		for i := 0; i < 20; i++ {
+			small[fmt.Sprintf("s%03d", i)] = 2
+		}
+		big := map[string]int{}
+		for i := 0; i < 4000; i++ {
+			big[fmt.Sprintf("b%04d", i)] = 2
+		}
+		s := proxier.NewSyncer(cfg(), r)
+		if _, err := s.Sync(ctx, snapshotN(small)); err != nil {
+			return err
+		}
+		before, _ := hostChains(t, r)
+		oldCount, newCount := len(before["nat"]), len(wantChains(proxier.Render(snapshotN(big), cfg()))["nat"])
+
+		done := make(chan error, 1)
+		go func() {
+			done <- ns.Do(func() error { _, err := s.Sync(ctx, snapshotN(big)); return err })
+		}()
+		killed := wait.Poll(20*time.Second, func() bool {
+			return exec.Command("pkill", "-KILL", "-f", "iptables-nft-restore -w 5 --noflush").Run() == nil
+		})
+		syncErr := <-done
+		after, _ := hostChains(t, r)
+		count := len(after["nat"])
+		t.Logf("killed=%v sync error=%v; nat chains old=%d new=%d now=%d", killed, syncErr, oldCount, newCount, count)
+		if count != oldCount && count != newCount {
+			t.Fatalf("half-written table: %d chains, want %d (old) or %d (new)", count, oldCount, newCount)
+		}
+		if killed && syncErr == nil {
+			t.Error("a killed restore was reported as success")
+		}
+		if _, err := s.Sync(ctx, snapshotN(big)); err != nil {
+			t.Fatalf("the next sync: %v", err)
+		}
+		final, _ := hostChains(t, r)
+		sameChains(t, "after the killed restore", final, wantChains(proxier.Render(snapshotN(big), cfg())))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// snapshotN is snapshot for more Services than one /24 of cluster IPs holds.
+func snapshotN(services map[string]int) *proxier.Snapshot {
+	snap := proxier.NewSnapshot()
+	names := make([]string, 0, len(services))
+	for n := range services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for i, name := range names {
+		sp := proxier.ServicePortName{Namespace: "default", Name: name, Port: "http", Protocol: v1.ProtocolTCP}
+		snap.Services[sp] = &proxier.ServicePort{Name: sp, Port: 80, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})}}
+		for e := 0; e < services[name]; e++ {
+			snap.Endpoints[sp] = append(snap.Endpoints[sp], proxier.Endpoint{
+				Addr: netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(e + 1)}), Port: 8080, Ready: true, Serving: true})
+		}
+	}
+	return snap
 }

@@ -289,6 +289,16 @@ func (n *Node) StartKubeProxy(t netns.T) *Process {
 	return p
 }
 
+// KillProxy kills this node's switchyard with SIGKILL.
+func (n *Node) KillProxy() {
+	n.mu.Lock()
+	p := n.proxy
+	n.mu.Unlock()
+	if p != nil {
+		p.Kill()
+	}
+}
+
 // RestartProxy stops and starts this node's switchyard.
 func (n *Node) RestartProxy() error {
 	if err := n.StopProxy(); err != nil {

@@ -90,3 +90,9 @@ func (p *Process) Log() string {
 	}
 	return string(data[p.logStart:])
 }
+
+// Kill sends SIGKILL (no chance to clean up) and waits for the end.
+func (p *Process) Kill() {
+	_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+	<-p.done
+}
