@@ -3,6 +3,7 @@ package proxier
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
@@ -386,5 +387,63 @@ func TestHungRestoreIsAbandonedAndRetried(t *testing.T) {
 	}
 	if !equalChains(swyChains(host.Fake), wantChains(Render(snap2, defaultConfig()))) {
 		t.Error("rules not converged after the retry")
+	}
+}
+
+func TestServiceWithTenThousandEndpointsIsProgrammed(t *testing.T) {
+	snap := NewSnapshot()
+	n := addService(snap, "huge", "10.96.0.10", 0)
+	for i := 0; i < 10000; i++ {
+		snap.Endpoints[n] = append(snap.Endpoints[n], Endpoint{Addr: netip.AddrFrom4([4]byte{10, 244, byte(i >> 8), byte(i)}), Port: 8080, Ready: true, Serving: true})
+	}
+	fake := iptables.NewFake()
+	if _, err := NewSyncer(defaultConfig(), fake).Sync(context.Background(), snap); err != nil {
+		t.Fatal(err)
+	}
+	rules := fake.Snapshot().RuleTexts(TableNAT, ServiceChainName(n))
+	// One masquerade rule plus one rule per endpoint, the last without a
+	// probability.
+	if len(rules) != 10001 {
+		t.Fatalf("service chain has %d rules, want 10001", len(rules))
+	}
+	if !strings.Contains(rules[1], "--probability 0.0001000000") || strings.Contains(rules[10000], "--probability") {
+		t.Errorf("probabilities: first %q, last %q", rules[1], rules[10000])
+	}
+}
+
+// Services changing faster than the minimum sync period: every burst
+// collapses, nothing is lost, and the rules end up exactly at the last state.
+func TestChurnFasterThanTheSyncPeriod(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fake := iptables.NewFake()
+	src := &fixedSource{snap: NewSnapshot()}
+	p := New(LoopConfig{MinSyncPeriod: 50 * time.Millisecond, SyncPeriod: time.Hour}, src, NewSyncer(defaultConfig(), fake))
+	go p.Run(ctx)
+	<-p.Synced()
+	var last *Snapshot
+	for i := 0; i < 300; i++ { // 300 changes with no pause between them
+		snap := NewSnapshot()
+		for j := 0; j <= i%7; j++ {
+			addService(snap, fmt.Sprintf("svc-%d", j), fmt.Sprintf("10.96.0.%d", j+1), 1+(i+j)%4)
+		}
+		src.set(snap)
+		p.RequestSync()
+		last = snap
+	}
+	want := wantChains(Render(last, defaultConfig()))
+	wait.For(t, "the last state", 10*time.Second, func() bool { return equalChains(swyChains(fake), want) })
+	_, err, syncs := p.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if syncs >= 300 {
+		t.Errorf("%d syncs for 300 changes: bursts did not collapse", syncs)
+	}
+	got := fake.Snapshot()
+	for _, c := range Render(last, defaultConfig()).Table(TableNAT).Chains {
+		if strings.Join(got.RuleTexts(TableNAT, c.Name), "\n") != strings.Join(c.Rules, "\n") {
+			t.Errorf("chain %s differs from the last state", c.Name)
+		}
 	}
 }
