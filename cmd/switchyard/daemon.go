@@ -263,7 +263,16 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 				"HealthCheckNodePortUnavailable", fmt.Sprintf("health check node port %d cannot be opened on node %s: %v", port, o.hostname, err))
 		})
 	defer hc.Close()
-	p.OnSynced = func(snap *proxier.Snapshot) { hc.Sync(proxier.HealthCheckPorts(snap)) }
+	p.OnSynced = func(snap *proxier.Snapshot) {
+		hc.Sync(proxier.HealthCheckPorts(snap))
+		for _, s := range syncers {
+			for name, reason := range s.Quarantined() {
+				reporter.Warn(&v1.ObjectReference{Kind: "Service", Namespace: name.Namespace, Name: name.Name},
+					"RulesRefused", fmt.Sprintf("%s rules for port %s were refused by the kernel and are left out until the Service changes: %s",
+						s.Config.Family, name.String(), reason))
+			}
+		}
+	}
 
 	if msg := hostpkg.BridgeNetfilterProblem(hostpkg.ProcSysctl{}); msg != "" {
 		logger.Info("Warning: " + msg)

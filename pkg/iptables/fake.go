@@ -14,9 +14,13 @@ type Fake struct {
 	mu       sync.Mutex
 	Rules    *Ruleset
 	Restores []string
+	Tests    int
 	// FailRestore, when set, is returned by the next restores instead of
 	// applying them.
 	FailRestore error
+	// Reject, when set, is asked about every restore and test: an error
+	// refuses the text, as the kernel refuses a rule it cannot load.
+	Reject func(text string) error
 }
 
 // NewFake returns a fake whose tables start empty (built-in chains only).
@@ -41,7 +45,25 @@ func (f *Fake) Restore(_ context.Context, text []byte) error {
 	if f.FailRestore != nil {
 		return f.FailRestore
 	}
+	if f.Reject != nil {
+		if err := f.Reject(string(text)); err != nil {
+			return err
+		}
+	}
 	return f.Rules.Restore(string(text), true)
+}
+
+// Tests counts TestRestore calls.
+func (f *Fake) TestRestore(_ context.Context, text []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Tests++
+	if f.Reject != nil {
+		if err := f.Reject(string(text)); err != nil {
+			return err
+		}
+	}
+	return f.Rules.Clone().Restore(string(text), true)
 }
 
 func (f *Fake) Save(_ context.Context, table string) ([]byte, error) {

@@ -61,6 +61,9 @@ func (j Jump) Args() []string {
 type Interface interface {
 	// Restore applies restore text with --noflush.
 	Restore(ctx context.Context, text []byte) error
+	// TestRestore checks restore text with --test: parsed and built, never
+	// committed.
+	TestRestore(ctx context.Context, text []byte) error
 	// Save returns iptables-save output of one table.
 	Save(ctx context.Context, table string) ([]byte, error)
 	// EnsureJumps makes each jump present in its built-in chain; jumps are
@@ -220,6 +223,20 @@ func (r *Runner) Restore(ctx context.Context, text []byte) error {
 	return nil
 }
 
+// TestRestore runs iptables-restore --test --noflush: nothing is committed.
+func (r *Runner) TestRestore(ctx context.Context, text []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cmd := exec.CommandContext(ctx, r.restore, "-w", "5", "--noflush", "--test")
+	cmd.Stdin = bytes.NewReader(text)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s --test: %w: %s", r.restore, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
 // Save runs iptables-save for one table.
 func (r *Runner) Save(ctx context.Context, table string) ([]byte, error) {
 	r.mu.Lock()
@@ -298,6 +315,8 @@ func (d *DryRun) Restore(_ context.Context, text []byte) error {
 	d.Logger.Info("Dry run: would apply iptables-restore batch", "family", d.Family, "bytes", len(text), "batch", string(text))
 	return nil
 }
+
+func (d *DryRun) TestRestore(context.Context, []byte) error { return nil }
 
 func (d *DryRun) Save(_ context.Context, table string) ([]byte, error) {
 	return []byte("*" + table + "\nCOMMIT\n"), nil

@@ -82,8 +82,8 @@ var (
 		[]string{"table", "level", "ip_family"})
 	ConntrackEntriesDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "conntrack_entries_deleted_total",
 		Help: "Stale UDP conntrack entries deleted"}, []string{"ip_family"})
-	QuarantinedServices = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "switchyard", Name: "invalid_objects",
-		Help: "Services and EndpointSlices with parts that could not be programmed"})
+	QuarantinedServices = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "switchyard", Name: "quarantined_service_ports",
+		Help: "Service ports left out of the rules because the kernel refused them"})
 )
 
 func init() {

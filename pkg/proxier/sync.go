@@ -3,6 +3,7 @@ package proxier
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -24,6 +25,7 @@ type applied map[string]map[string][]string
 // SyncResult describes one sync, for logs and metrics.
 type SyncResult struct {
 	Full          bool
+	Quarantined   int
 	ChainsWritten int
 	ChainsDeleted int
 	Bytes         int
@@ -54,6 +56,8 @@ type Syncer struct {
 	lastUDP udpFrontends
 	// For /debug/rules: the last batch applied and the last one refused.
 	lastBatch, lastFailed Batch
+	// quarantine holds the Service ports whose rules the kernel refused.
+	quarantine map[ServicePortName]quarantined
 }
 
 // Batch is one iptables-restore input and what became of it.
@@ -112,12 +116,42 @@ func (s *Syncer) Rules() *Rules {
 }
 
 // Sync renders the snapshot and applies the difference. Any failure makes the
-// next sync full.
+// next sync full. When the kernel refuses the batch and the refusal can be
+// pinned on single Service ports (by bisecting with test restores), those
+// are quarantined and everything else is programmed in this same sync.
 func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.quarantine == nil {
+		s.quarantine = map[ServicePortName]quarantined{}
+	}
+	if s.applied == nil {
+		clear(s.quarantine) // a full sync retries every Service
+	}
+	res, err := s.syncLocked(ctx, snap, s.withoutQuarantined(snap))
+	if err == nil || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+		return res, err
+	}
+	offenders := s.findOffenders(ctx, s.withoutQuarantined(snap))
+	if len(offenders) == 0 {
+		return res, err
+	}
+	logger := klog.FromContext(ctx)
+	for _, n := range sortedKeys(offenders) {
+		s.quarantine[n] = quarantined{svc: *snap.Services[n], eps: snap.Endpoints[n], reason: offenders[n].Error()}
+		logger.Error(offenders[n], "The kernel refuses this Service port's rules; it is left out until it changes or the next full resync",
+			"service", n.String(), "family", s.Config.Family)
+	}
+	metrics.QuarantinedServices.Set(float64(len(s.quarantine)))
+	s.applied = nil
+	return s.syncLocked(ctx, snap, s.withoutQuarantined(snap))
+}
+
+// syncLocked renders effective (the snapshot minus quarantined Service
+// ports) and applies it; snap is the whole snapshot, for conntrack.
+func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (SyncResult, error) {
 	start := time.Now()
-	rules := Render(snap, s.Config)
+	rules := Render(effective, s.Config)
 	full := s.applied == nil
 	var res SyncResult
 	var text []byte
@@ -166,9 +200,12 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	}
 	res.Bytes = len(text)
 	res.Elapsed = time.Since(start)
+	res.Quarantined = len(s.quarantine)
 	recordSync(s.Config.Family, rules, res, text)
+	metrics.QuarantinedServices.Set(float64(len(s.quarantine)))
 	klog.FromContext(ctx).V(2).Info("Synced rules", "family", s.Config.Family, "full", full,
-		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "bytes", res.Bytes, "elapsed", res.Elapsed)
+		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "bytes", res.Bytes, "elapsed", res.Elapsed,
+		"quarantined", res.Quarantined)
 	return res, nil
 }
 
