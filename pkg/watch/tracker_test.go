@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -122,5 +123,25 @@ func TestEventsOncePerObjectPerProblem(t *testing.T) {
 	}
 	if len(got) != 3 {
 		t.Errorf("events = %v, want 3", got)
+	}
+}
+
+func TestSlicePortsMatchingNoServicePortAreIgnored(t *testing.T) {
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
+	tr.UpdateService(svc("web"))
+	s := slice("web-1", "web", "10.0.0.1")
+	s.Ports[0].Name = ptr.To("not-http")
+	tr.UpdateSlice(s)
+	snap := tr.Snapshot()
+	if len(snap.Endpoints[web]) != 0 {
+		t.Errorf("endpoints of a port name the Service lacks were used: %v", snap.Endpoints[web])
+	}
+	if len(snap.Services) != 1 {
+		t.Errorf("the Service itself went missing")
+	}
+	// And it renders: no endpoints, so the Service rejects.
+	text := proxier.RestoreText(proxier.Render(snap, proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14}))
+	if !strings.Contains(text, "default/web:http has no endpoints") {
+		t.Errorf("rules:\n%s", text)
 	}
 }

@@ -42,7 +42,9 @@ func (s *source) set(snap *proxier.Snapshot) {
 // is free, without ever leaving a Service half-programmed.
 func TestXtablesLockHeldByAnotherProgram(t *testing.T) {
 	netns.RequireRoot(t, "iptables-legacy-restore", "flock")
-	ns := netns.New(t, "lock")
+	tp := newTopology(t)
+	ns := tp.node.NS
+	var load *netns.Load
 	err := ns.Do(func() error {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
@@ -50,7 +52,7 @@ func TestXtablesLockHeldByAnotherProgram(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		src := &source{snap: snapshot(map[string]int{"web": 2})}
+		src := &source{snap: withLive(snapshot(map[string]int{"web": 2}))}
 		p := proxier.New(proxier.LoopConfig{MinSyncPeriod: 10 * time.Millisecond, SyncPeriod: 2 * time.Second}, src, proxier.NewSyncer(cfg(), r))
 		// The loop runs iptables from its own goroutine: that goroutine
 		// must sit in the namespace too.
@@ -63,8 +65,9 @@ func TestXtablesLockHeldByAnotherProgram(t *testing.T) {
 		select {
 		case <-p.Synced():
 		case <-time.After(30 * time.Second):
-			t.Fatal("no first sync")
+			return fmt.Errorf("no first sync")
 		}
+		load = tp.load()
 
 		// Hold the lock for 8 s, longer than the restore's 5 s wait.
 		holder := exec.Command("flock", "/run/xtables.lock", "sleep", "8")
@@ -77,12 +80,17 @@ func TestXtablesLockHeldByAnotherProgram(t *testing.T) {
 		}) {
 			t.Fatal("the lock holder never took the lock")
 		}
-		want := snapshot(map[string]int{"web": 3, "db": 1})
+		want := withLive(snapshot(map[string]int{"web": 3, "db": 1}))
 		src.set(want)
 		p.RequestSync()
 
 		if !wait.Poll(20*time.Second, func() bool { _, err, _ := p.Status(); return err != nil }) {
-			t.Fatal("no restore failed while the lock was held")
+			return fmt.Errorf("no restore failed while the lock was held")
+		}
+		// The requested sync is overdue (more than twice the sync period):
+		// /healthz says so.
+		if !wait.Poll(10*time.Second, func() bool { return !p.Healthy() }) {
+			return fmt.Errorf("still healthy while no sync could complete")
 		}
 		_, lastErr, _ := p.Status()
 		if !strings.Contains(lastErr.Error(), "xtables lock") && !strings.Contains(lastErr.Error(), "exit status") {
@@ -100,8 +108,14 @@ func TestXtablesLockHeldByAnotherProgram(t *testing.T) {
 		if _, err, _ := p.Status(); err != nil {
 			t.Errorf("still failing: %v", err)
 		}
+		if !wait.Poll(10*time.Second, p.Healthy) {
+			t.Error("not healthy again after converging")
+		}
 		return nil
 	})
+	if load != nil {
+		noFailures(t, "xtables lock held", load, 20)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +197,9 @@ func TestFlushedAndRewrittenTablesAreRestored(t *testing.T) {
 // mix, and the next sync converges.
 func TestRestoreKilledMidway(t *testing.T) {
 	netns.RequireRoot(t, "iptables-nft-restore", "pkill")
-	ns := netns.New(t, "kill")
+	tp := newTopology(t)
+	ns := tp.node.NS
+	var load *netns.Load
 	err := ns.Do(func() error {
 		ctx := context.Background()
 		r, err := iptables.NewRunner(ctx, iptables.IPv4, iptables.BackendNFT)
@@ -199,15 +215,16 @@ func TestRestoreKilledMidway(t *testing.T) {
 			big[fmt.Sprintf("b%04d", i)] = 2
 		}
 		s := proxier.NewSyncer(cfg(), r)
-		if _, err := s.Sync(ctx, snapshotN(small)); err != nil {
+		if _, err := s.Sync(ctx, withLive(snapshotN(small))); err != nil {
 			return err
 		}
+		load = tp.load()
 		before, _ := hostChains(t, r)
-		oldCount, newCount := len(before["nat"]), len(wantChains(proxier.Render(snapshotN(big), cfg()))["nat"])
+		oldCount, newCount := len(before["nat"]), len(wantChains(proxier.Render(withLive(snapshotN(big)), cfg()))["nat"])
 
 		done := make(chan error, 1)
 		go func() {
-			done <- ns.Do(func() error { _, err := s.Sync(ctx, snapshotN(big)); return err })
+			done <- ns.Do(func() error { _, err := s.Sync(ctx, withLive(snapshotN(big))); return err })
 		}()
 		killed := wait.Poll(20*time.Second, func() bool {
 			return exec.Command("pkill", "-KILL", "-f", "iptables-nft-restore -w 5 --noflush").Run() == nil
@@ -222,13 +239,16 @@ func TestRestoreKilledMidway(t *testing.T) {
 		if killed && syncErr == nil {
 			t.Error("a killed restore was reported as success")
 		}
-		if _, err := s.Sync(ctx, snapshotN(big)); err != nil {
+		if _, err := s.Sync(ctx, withLive(snapshotN(big))); err != nil {
 			t.Fatalf("the next sync: %v", err)
 		}
 		final, _ := hostChains(t, r)
-		sameChains(t, "after the killed restore", final, wantChains(proxier.Render(snapshotN(big), cfg())))
+		sameChains(t, "after the killed restore", final, wantChains(proxier.Render(withLive(snapshotN(big)), cfg())))
 		return nil
 	})
+	if load != nil {
+		noFailures(t, "restore killed midway", load, 20)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,4 +271,51 @@ func snapshotN(services map[string]int) *proxier.Snapshot {
 		}
 	}
 	return snap
+}
+
+// A newer version with a different chain layout takes over a node without
+// a gap: the old version's chains (here: other names for every Service and
+// endpoint chain) carry traffic until one atomic full sync points the
+// dispatch at the new ones and deletes the old.
+func TestUpgradeFromADifferentChainLayout(t *testing.T) {
+	netns.RequireRoot(t, "iptables-nft-restore")
+	tp := newTopology(t)
+	snap := withLive(snapshot(map[string]int{"other": 2}))
+	old := proxier.RestoreText(proxier.Render(snap, cfg()))
+	old = strings.NewReplacer("SWY-SVC-", "SWY-SVCV1-", "SWY-SEP-", "SWY-SEPV1-").Replace(old)
+	if out, err := tp.node.RunInput([]byte(old), "iptables-nft-restore", "--noflush"); err != nil {
+		t.Fatalf("installing the old layout: %v\n%s", err, out)
+	}
+	reachAll(t, tp.client.NS, liveAddr, []string{"pod1", "pod2"}, 100)
+
+	load := tp.load()
+	err := tp.node.Do(func() error {
+		r, err := iptables.NewRunner(context.Background(), iptables.IPv4, iptables.BackendNFT)
+		if err != nil {
+			return err
+		}
+		if !wait.Poll(10*time.Second, func() bool { return load.Requests() > 20 }) {
+			return fmt.Errorf("the load loop did not start")
+		}
+		_, err = proxier.NewSyncer(cfg(), r).Sync(context.Background(), snap)
+		if err != nil {
+			return err
+		}
+		if !wait.Poll(10*time.Second, func() bool { return load.Requests() > 60 }) {
+			return fmt.Errorf("the load loop stalled after the upgrade")
+		}
+		saved, err := r.Save(context.Background(), "nat")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(saved), "SWY-SVCV1-") || strings.Contains(string(saved), "SWY-SEPV1-") {
+			return fmt.Errorf("the old layout's chains are still there")
+		}
+		return nil
+	})
+	noFailures(t, "upgrade", load, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reachAll(t, tp.client.NS, liveAddr, []string{"pod1", "pod2"}, 100)
 }
