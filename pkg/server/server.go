@@ -77,6 +77,13 @@ func answer(w http.ResponseWriter, st State, ok bool, eligible *bool, total *pro
 func MetricsHandler(st State) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
+	// As on kube-proxy's metrics port: tools (upstream's Service e2e tests
+	// among them) ask it which mode the proxy runs in.
+	mux.HandleFunc("/proxyMode", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprint(w, "iptables")
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") })
 	mux.HandleFunc("/debug/rules", func(w http.ResponseWriter, _ *http.Request) {
 		type family struct {
 			Applied *proxier.Batch `json:"applied,omitempty"`

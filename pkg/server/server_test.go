@@ -105,6 +105,10 @@ func TestMetricsAndDebug(t *testing.T) {
 		}
 	}
 
+	if code, body := get(t, h, "/proxyMode"); code != 200 || body != "iptables" {
+		t.Errorf("/proxyMode: %d %q", code, body)
+	}
+
 	code, body = get(t, h, "/debug/rules")
 	var rules map[string]struct {
 		Applied *proxier.Batch `json:"applied"`
