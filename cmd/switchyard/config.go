@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 	kpconfig "k8s.io/kube-proxy/config/v1alpha1"
@@ -66,12 +67,6 @@ func loadConfigFile(path string, fs *pflag.FlagSet) (string, error) {
 			return "", bad(field, "%d is negative", *v)
 		}
 	}
-	dur := func(field string, d interface{ String() string }, ns int64) (string, error) {
-		if ns < 0 {
-			return "", bad(field, "%s is negative", d.String())
-		}
-		return d.String(), nil
-	}
 	var settings []setting
 	add := func(field, flag, value string, set bool) {
 		settings = append(settings, setting{field, flag, value, set})
@@ -103,42 +98,30 @@ func loadConfigFile(path string, fs *pflag.FlagSet) (string, error) {
 		add("conntrack.min", "conntrack-min", strconv.Itoa(int(*v)), true)
 	}
 	add("conntrack.tcpBeLiberal", "conntrack-tcp-be-liberal", "true", c.Conntrack.TCPBeLiberal)
-	durations := []struct {
+	// A duration is given when non-zero, or, for the pointer fields, when
+	// present at all (0 there means "leave the kernel's value").
+	type duration struct {
 		field, flag string
-		d           interface{ String() string }
-		ns          int64
+		d           time.Duration
 		set         bool
-	}{
-		{"iptables.syncPeriod", "iptables-sync-period", c.IPTables.SyncPeriod.Duration, int64(c.IPTables.SyncPeriod.Duration), c.IPTables.SyncPeriod.Duration != 0},
-		{"iptables.minSyncPeriod", "iptables-min-sync-period", c.IPTables.MinSyncPeriod.Duration, int64(c.IPTables.MinSyncPeriod.Duration), c.IPTables.MinSyncPeriod.Duration != 0},
-		{"conntrack.udpTimeout", "conntrack-udp-timeout", c.Conntrack.UDPTimeout.Duration, int64(c.Conntrack.UDPTimeout.Duration), c.Conntrack.UDPTimeout.Duration != 0},
-		{"conntrack.udpStreamTimeout", "conntrack-udp-timeout-stream", c.Conntrack.UDPStreamTimeout.Duration, int64(c.Conntrack.UDPStreamTimeout.Duration), c.Conntrack.UDPStreamTimeout.Duration != 0},
+	}
+	durations := []duration{
+		{"iptables.syncPeriod", "iptables-sync-period", c.IPTables.SyncPeriod.Duration, c.IPTables.SyncPeriod.Duration != 0},
+		{"iptables.minSyncPeriod", "iptables-min-sync-period", c.IPTables.MinSyncPeriod.Duration, c.IPTables.MinSyncPeriod.Duration != 0},
+		{"conntrack.udpTimeout", "conntrack-udp-timeout", c.Conntrack.UDPTimeout.Duration, c.Conntrack.UDPTimeout.Duration != 0},
+		{"conntrack.udpStreamTimeout", "conntrack-udp-timeout-stream", c.Conntrack.UDPStreamTimeout.Duration, c.Conntrack.UDPStreamTimeout.Duration != 0},
 	}
 	if d := c.Conntrack.TCPEstablishedTimeout; d != nil {
-		durations = append(durations, struct {
-			field, flag string
-			d           interface{ String() string }
-			ns          int64
-			set         bool
-		}{"conntrack.tcpEstablishedTimeout", "conntrack-tcp-timeout-established", d.Duration, int64(d.Duration), true})
+		durations = append(durations, duration{"conntrack.tcpEstablishedTimeout", "conntrack-tcp-timeout-established", d.Duration, true})
 	}
 	if d := c.Conntrack.TCPCloseWaitTimeout; d != nil {
-		durations = append(durations, struct {
-			field, flag string
-			d           interface{ String() string }
-			ns          int64
-			set         bool
-		}{"conntrack.tcpCloseWaitTimeout", "conntrack-tcp-timeout-close-wait", d.Duration, int64(d.Duration), true})
+		durations = append(durations, duration{"conntrack.tcpCloseWaitTimeout", "conntrack-tcp-timeout-close-wait", d.Duration, true})
 	}
 	for _, d := range durations {
-		if !d.set {
-			continue
+		if d.d < 0 {
+			return "", bad(d.field, "%s is negative", d.d.String())
 		}
-		s, err := dur(d.field, d.d, d.ns)
-		if err != nil {
-			return "", err
-		}
-		add(d.field, d.flag, s, true)
+		add(d.field, d.flag, d.d.String(), d.set)
 	}
 
 	for _, s := range settings {

@@ -62,17 +62,19 @@ that send traffic into them. It needs no API server.`,
 					}
 					return err
 				}
-				for _, table := range []string{"nat", "filter"} {
-					out, err := r.Save(ctx, table)
-					if err != nil {
-						return err
+				out, err := r.SaveTables(ctx, "nat", "filter")
+				if err != nil {
+					return err
+				}
+				table := ""
+				for _, line := range strings.Split(string(out), "\n") {
+					if strings.HasPrefix(line, "*") {
+						table = line[1:]
 					}
-					for _, line := range strings.Split(string(out), "\n") {
-						chain, rest, _ := strings.Cut(strings.TrimPrefix(line, "-A "), " ")
-						if strings.HasPrefix(line, "-A ") && strings.HasPrefix(chain, proxier.ChainPrefix) && proxier.Mentions(rest, ns+"/"+name) {
-							fmt.Fprintf(cmd.OutOrStdout(), "%s %-6s %s\n", f, table, line)
-							found++
-						}
+					chain, rest, _ := strings.Cut(strings.TrimPrefix(line, "-A "), " ")
+					if strings.HasPrefix(line, "-A ") && strings.HasPrefix(chain, proxier.ChainPrefix) && proxier.Mentions(rest, ns+"/"+name) {
+						fmt.Fprintf(cmd.OutOrStdout(), "%s %-6s %s\n", f, table, line)
+						found++
 					}
 				}
 			}
@@ -147,19 +149,15 @@ func (o *diffOptions) run(cmd *cobra.Command) error {
 			}
 			return fmt.Errorf("%s: iptables unusable: %v", f, err)
 		}
-		var live strings.Builder
-		for _, table := range []string{"nat", "filter"} {
-			s, err := r.Save(ctx, table)
-			if err != nil {
-				return err
-			}
-			live.Write(s)
+		live, err := r.SaveTables(ctx, "nat", "filter")
+		if err != nil {
+			return err
 		}
 		desired, err := r.CanonicalSave(ctx, proxier.RestoreText(proxier.Render(snap, o.renderConfig(f))))
 		if err != nil {
 			return err
 		}
-		diffs := iptables.DiffSaves(live.String(), desired, proxier.ChainPrefix)
+		diffs := iptables.DiffSaves(string(live), desired, proxier.ChainPrefix)
 		total += len(diffs)
 		printDiffs(out, f, diffs)
 	}

@@ -189,15 +189,11 @@ func liveRules(ctx context.Context, family v1.IPFamily, backend iptables.Backend
 	if err != nil {
 		return nil, nil, err
 	}
-	var text strings.Builder
-	for _, t := range []string{"nat", "filter"} {
-		out, err := r.Save(ctx, t)
-		if err != nil {
-			return nil, nil, err
-		}
-		text.Write(out)
+	text, err := r.SaveTables(ctx, "nat", "filter")
+	if err != nil {
+		return nil, nil, err
 	}
-	rs, err := iptables.ParseSave(text.String())
+	rs, err := iptables.ParseSave(string(text))
 	if err != nil {
 		return nil, nil, fmt.Errorf("parsing live rules: %w", err)
 	}

@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -15,7 +16,7 @@ func (t *Trace) Summary() string {
 	var lines []string
 	var eps []string
 	for _, o := range t.Outcomes {
-		if o.DNAT != "" && o.Verdict == "ACCEPT" && !contains(eps, o.DNAT) {
+		if o.DNAT != "" && o.Verdict == "ACCEPT" && !slices.Contains(eps, o.DNAT) {
 			eps = append(eps, o.DNAT)
 		}
 	}
@@ -58,7 +59,7 @@ func (t *Trace) Summary() string {
 				line += " (masqueraded)"
 			}
 		}
-		if !contains(lines, line) {
+		if !slices.Contains(lines, line) {
 			lines = append(lines, line)
 		}
 	}
@@ -110,15 +111,6 @@ func serviceOf(outcomes []Outcome) string {
 		}
 	}
 	return ""
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Text prints the trace for operators: the summary, then each distinct path.

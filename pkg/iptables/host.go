@@ -251,6 +251,19 @@ func (r *Runner) Save(ctx context.Context, table string) ([]byte, error) {
 	return out, nil
 }
 
+// SaveTables concatenates iptables-save output of several tables.
+func (r *Runner) SaveTables(ctx context.Context, tables ...string) ([]byte, error) {
+	var b bytes.Buffer
+	for _, t := range tables {
+		out, err := r.Save(ctx, t)
+		if err != nil {
+			return nil, err
+		}
+		b.Write(out)
+	}
+	return b.Bytes(), nil
+}
+
 // EnsureJumps inserts missing jumps at the top of their chains. Jumps are
 // visited last-first, so that inserting each at position 1 leaves them in
 // the given order.

@@ -3,6 +3,7 @@ package proxier
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	v1 "k8s.io/api/core/v1"
 )
@@ -89,12 +90,12 @@ func topologyMode(eps []Endpoint, nodeName, zone string) string {
 		anyReady = true
 		if len(ep.NodeHints) == 0 {
 			allNode = false
-		} else if contains(ep.NodeHints, nodeName) {
+		} else if slices.Contains(ep.NodeHints, nodeName) {
 			forNode = true
 		}
 		if len(ep.ZoneHints) == 0 {
 			allZone = false
-		} else if zone != "" && contains(ep.ZoneHints, zone) {
+		} else if zone != "" && slices.Contains(ep.ZoneHints, zone) {
 			forZone = true
 		}
 	}
@@ -112,20 +113,11 @@ func topologyMode(eps []Endpoint, nodeName, zone string) string {
 func availableForTopology(ep Endpoint, mode, nodeName, zone string) bool {
 	switch mode {
 	case topologySameNode:
-		return contains(ep.NodeHints, nodeName)
+		return slices.Contains(ep.NodeHints, nodeName)
 	case topologySameZone:
-		return contains(ep.ZoneHints, zone)
+		return slices.Contains(ep.ZoneHints, zone)
 	}
 	return true
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // familyAddrs keeps the addresses of one family.

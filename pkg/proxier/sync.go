@@ -216,7 +216,7 @@ func (s *Syncer) cleanConntrack(ctx context.Context, snap *Snapshot) {
 		return
 	}
 	cur := udpFrontendsOf(snap, s.Config.Family)
-	check := udpFrontendsOf(snap, s.Config.Family).withGone(s.lastUDP)
+	check := cur.withGone(s.lastUDP)
 	if check.empty() {
 		s.lastUDP = cur
 		return

@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"maps"
 	"net/netip"
 
 	v1 "k8s.io/api/core/v1"
@@ -48,20 +49,22 @@ func udpFrontendsOf(snap *Snapshot, family v1.IPFamily) udpFrontends {
 	return u
 }
 
-// withGone adds the frontends of prev that cur no longer has (a Service or
-// one of its addresses deleted), with no endpoints, so their flows go too.
+// withGone returns u plus the frontends of prev that u no longer has (a
+// Service or one of its addresses deleted), with no endpoints, so their
+// flows go too. u itself is not changed.
 func (u udpFrontends) withGone(prev udpFrontends) udpFrontends {
+	out := udpFrontends{addrs: maps.Clone(u.addrs), nodePorts: maps.Clone(u.nodePorts)}
 	for a := range prev.addrs {
-		if _, ok := u.addrs[a]; !ok {
-			u.addrs[a] = map[netip.AddrPort]bool{}
+		if _, ok := out.addrs[a]; !ok {
+			out.addrs[a] = map[netip.AddrPort]bool{}
 		}
 	}
 	for p := range prev.nodePorts {
-		if _, ok := u.nodePorts[p]; !ok {
-			u.nodePorts[p] = map[netip.AddrPort]bool{}
+		if _, ok := out.nodePorts[p]; !ok {
+			out.nodePorts[p] = map[netip.AddrPort]bool{}
 		}
 	}
-	return u
+	return out
 }
 
 // stale says whether a UDP flow must be deleted: it was sent to one of our
