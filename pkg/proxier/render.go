@@ -68,6 +68,10 @@ type RenderConfig struct {
 	// ConntrackTCPBeLiberal means nf_conntrack_tcp_be_liberal is set: then
 	// out-of-window packets are not INVALID and the INVALID drop is left out.
 	ConntrackTCPBeLiberal bool
+	// DispatchLeafSize is the most rules a dispatch chain holds before it
+	// becomes a tree (see dispatch.go); 0 means DefaultDispatchLeafSize.
+	// Tests set it small to put every shape through the tree.
+	DispatchLeafSize int
 }
 
 // Local-traffic detection modes, as kube-proxy's --detect-local-mode.
@@ -263,7 +267,15 @@ func portMatch(proto v1.Protocol, port int32, c string) ruleBuilder {
 // output collects rendered chains.
 type output struct {
 	nat, filter map[string][]string
-	stats       RenderStats
+	// natKeys and filterKeys are the dispatch lists, built into trees last.
+	natKeys, filterKeys map[string][]keyedRule
+	stats               RenderStats
+}
+
+func (o *output) natKeyed(chain string, r keyedRule) { o.natKeys[chain] = append(o.natKeys[chain], r) }
+
+func (o *output) filterKeyed(chain string, r keyedRule) {
+	o.filterKeys[chain] = append(o.filterKeys[chain], r)
 }
 
 func (o *output) natChain(name string, rules []string) { o.nat[name] = rules }
@@ -280,7 +292,8 @@ func (o *output) filterRule(chain string, rule ruleBuilder) {
 // a pure function: the same snapshot and config always give the same rules.
 func Render(snap *Snapshot, cfg RenderConfig) *Rules {
 	masq := cfg.MasqMark()
-	out := &output{nat: map[string][]string{}, filter: map[string][]string{}}
+	out := &output{nat: map[string][]string{}, filter: map[string][]string{},
+		natKeys: map[string][]keyedRule{}, filterKeys: map[string][]keyedRule{}}
 	top := TopLevelChains()
 	for _, c := range top[TableNAT] {
 		out.nat[c] = nil
@@ -289,17 +302,28 @@ func Render(snap *Snapshot, cfg RenderConfig) *Rules {
 		out.filter[c] = nil
 	}
 
-	var dispatch []dispatchEntry
 	for _, name := range snap.SortedNames() {
-		dispatch = append(dispatch, renderServicePort(out, snap, cfg, snap.Services[name])...)
+		for _, e := range renderServicePort(out, snap, cfg, snap.Services[name]) {
+			out.natKeyed(ChainServices, addrKeyed(e.addr, destMatch(e.addr, e.proto, e.port, e.comment).add("-j", e.target)))
+		}
 	}
 
-	// SWY-SERVICES: the dispatch, then the jump to SWY-NODEPORTS.
-	chains := dispatchChains(ChainServices, dispatch)
-	for _, c := range chains[1:] {
-		out.natChain(c.Name, c.Rules)
+	// The dispatch lists, as trees once they are long; SWY-SERVICES ends
+	// with the jump to SWY-NODEPORTS.
+	for _, k := range []struct {
+		table  string
+		chains map[string][]string
+		keys   map[string][]keyedRule
+	}{{TableNAT, out.nat, out.natKeys}, {TableFilter, out.filter, out.filterKeys}} {
+		for root, list := range k.keys {
+			rules, nodes := buildDispatch(k.table, root, list, cfg.DispatchLeafSize)
+			k.chains[root] = append(rules, k.chains[root]...)
+			for _, c := range nodes {
+				k.chains[c.Name] = c.Rules
+			}
+		}
 	}
-	out.nat[ChainServices] = append(chains[0].Rules, nodePortJumps(snap, cfg)...)
+	out.nat[ChainServices] = append(out.nat[ChainServices], nodePortJumps(snap, cfg)...)
 
 	out.nat[ChainPostrouting] = []string{
 		ruleBuilder{"-m", "mark", "!", "--mark", masq + "/" + masq, "-j", "RETURN"}.String(),
@@ -399,18 +423,6 @@ type dispatchEntry struct {
 	port    int32
 	comment string
 	target  string
-}
-
-// dispatchChains builds the chain (or, later, the tree of chains) that sends
-// traffic for each Service address to its chain. The first chain returned is
-// the root, named root; any further ones are its children. Today this is a
-// flat list.
-func dispatchChains(root string, entries []dispatchEntry) []Chain {
-	rules := make([]string, 0, len(entries)+1)
-	for _, e := range entries {
-		rules = append(rules, destMatch(e.addr, e.proto, e.port, e.comment).add("-j", e.target).String())
-	}
-	return []Chain{{Name: root, Rules: rules}}
 }
 
 // RestoreText renders complete rules as iptables-restore input for a fresh

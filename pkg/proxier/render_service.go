@@ -196,7 +196,7 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 	if hasInternal {
 		dispatch = append(dispatch, dispatchEntry{addr: vip, proto: proto, port: svc.Port, comment: str + " cluster IP", target: internalChain})
 	} else {
-		out.filterRule(ChainServices, destMatch(vip, proto, svc.Port, internalWhy).add("-j", internalVerdict))
+		out.filterKeyed(ChainServices, addrKeyed(vip, destMatch(vip, proto, svc.Port, internalWhy).add("-j", internalVerdict)))
 	}
 	// External IPs.
 	for _, ip := range externalIPs {
@@ -204,7 +204,7 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 			dispatch = append(dispatch, dispatchEntry{addr: ip, proto: proto, port: svc.Port, comment: str + " external IP", target: extChain})
 		}
 		if !hasExternal {
-			out.filterRule(ChainExternalServices, destMatch(ip, proto, svc.Port, externalWhy).add("-j", externalVerdict))
+			out.filterKeyed(ChainExternalServices, addrKeyed(ip, destMatch(ip, proto, svc.Port, externalWhy).add("-j", externalVerdict)))
 		}
 	}
 	// Load balancer IPs.
@@ -213,28 +213,28 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 			dispatch = append(dispatch, dispatchEntry{addr: ip, proto: proto, port: svc.Port, comment: str + " loadbalancer IP", target: lbChain})
 		}
 		if usesFW {
-			out.filterRule(ChainProxyFirewall, destMatch(ip, proto, svc.Port, str+" traffic not accepted by "+fwChain).add("-j", "DROP"))
+			out.filterKeyed(ChainProxyFirewall, addrKeyed(ip, destMatch(ip, proto, svc.Port, str+" traffic not accepted by "+fwChain).add("-j", "DROP")))
 		}
 	}
 	if !hasExternal {
 		for _, ip := range lbIPs {
-			out.filterRule(ChainExternalServices, destMatch(ip, proto, svc.Port, externalWhy).add("-j", externalVerdict))
+			out.filterKeyed(ChainExternalServices, addrKeyed(ip, destMatch(ip, proto, svc.Port, externalWhy).add("-j", externalVerdict)))
 		}
 	}
 	// The NodePort (never subject to the source ranges).
 	if svc.NodePort != 0 {
 		if sets.any {
-			out.natRule(ChainNodePorts, portMatch(proto, svc.NodePort, str).add("-j", extChain))
+			out.natKeyed(ChainNodePorts, portKeyed(protoLower(proto), svc.NodePort, portMatch(proto, svc.NodePort, str).add("-j", extChain)))
 		}
 		if !hasExternal {
 			p := protoLower(proto)
-			out.filterRule(ChainExternalServices, comment(externalWhy).add("-m", "addrtype", "--dst-type", "LOCAL",
-				"-p", p, "-m", p, "--dport", fmt.Sprint(svc.NodePort), "-j", externalVerdict))
+			out.filterKeyed(ChainExternalServices, portKeyed(p, svc.NodePort, comment(externalWhy).add("-m", "addrtype", "--dst-type", "LOCAL",
+				"-p", p, "-m", p, "--dport", fmt.Sprint(svc.NodePort), "-j", externalVerdict)))
 		}
 	}
 	// The health check node port is always open in the filter table.
 	if svc.HealthCheckNodePort != 0 {
-		out.filterRule(ChainNodePorts, portMatch(v1.ProtocolTCP, svc.HealthCheckNodePort, str+" health check node port").add("-j", "ACCEPT"))
+		out.filterKeyed(ChainNodePorts, portKeyed("tcp", svc.HealthCheckNodePort, portMatch(v1.ProtocolTCP, svc.HealthCheckNodePort, str+" health check node port").add("-j", "ACCEPT")))
 	}
 
 	// Masquerade off-cluster traffic to the cluster IP.

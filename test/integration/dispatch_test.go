@@ -1,0 +1,103 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+	"github.com/switchyard-proxy/switchyard/pkg/proxier"
+	"github.com/switchyard-proxy/switchyard/test/netns"
+)
+
+// treeSnapshot is n Services with ClusterIPs spread over 10.96.0.0/16 and
+// NodePorts from 30000: Service i goes to pod i%2, every seventh has no
+// endpoints.
+func treeSnapshot(n int, pods []string) *proxier.Snapshot {
+	snap := proxier.NewSnapshot()
+	snap.Node = proxier.NodeInfo{Name: "node-a", Known: true}
+	for i := range n {
+		name := proxier.ServicePortName{Namespace: "tree", Name: fmt.Sprintf("svc-%04d", i), Port: "http", Protocol: v1.ProtocolTCP}
+		snap.Services[name] = &proxier.ServicePort{Name: name, Port: 80, NodePort: int32(30000 + i),
+			ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i * 37 >> 8), byte(i * 37)})}}
+		if i%7 == 0 {
+			continue
+		}
+		snap.Endpoints[name] = []proxier.Endpoint{{Addr: netip.MustParseAddr(pods[i%2]), Port: 8080, Ready: true, Serving: true, NodeName: "node-a"}}
+	}
+	return snap
+}
+
+// TestRealPacketsThroughDispatchTree programs 400 Services with dispatch
+// leaves of four rules, so every packet crosses a tree of chains, through a
+// real syncer on each backend, and checks with real connections that every
+// sampled ClusterIP and NodePort reaches its own endpoint, that a Service
+// without endpoints refuses, and that a Service added later (a partial sync
+// that rewrites one leaf) answers.
+func TestRealPacketsThroughDispatchTree(t *testing.T) {
+	netns.RequireRoot(t, "iptables-legacy-restore", "iptables-nft-restore")
+	for _, backend := range backends {
+		t.Run(string(backend), func(t *testing.T) {
+			node := netns.NewNode(t, "192.168.77.1")
+			pods := []*netns.Pod{node.AddPod(t, "10.244.0.11"), node.AddPod(t, "10.244.0.12")}
+			client := node.AddPod(t, "10.244.0.20")
+			pods[0].ServeTCP(t, ":8080", "pod0")
+			pods[1].ServeTCP(t, ":8080", "pod1")
+			snap := treeSnapshot(400, []string{pods[0].IP, pods[1].IP})
+			c := cfg()
+			c.DispatchLeafSize = 4
+			var syncer *proxier.Syncer
+			sync := func(snap *proxier.Snapshot) {
+				t.Helper()
+				err := node.Do(func() error {
+					if syncer == nil {
+						r, err := iptables.NewRunner(context.Background(), iptables.IPv4, backend)
+						if err != nil {
+							return err
+						}
+						syncer = proxier.NewSyncer(c, r)
+					}
+					_, err := syncer.Sync(context.Background(), snap)
+					return err
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			sync(snap)
+			if n := len(syncer.Rules().Table("nat").Chains); n < 100 {
+				t.Fatalf("only %d nat chains: the dispatch is not a tree", n)
+			}
+			for i := 1; i < 400; i += 23 {
+				want := fmt.Sprintf("pod%d", i%2)
+				vip := snap.Services[proxier.ServicePortName{Namespace: "tree", Name: fmt.Sprintf("svc-%04d", i), Port: "http", Protocol: v1.ProtocolTCP}].ClusterIPs[0]
+				for _, addr := range []string{netip.AddrPortFrom(vip, 80).String(), fmt.Sprintf("%s:%d", node.IP, 30000+i)} {
+					if i%7 == 0 {
+						continue
+					}
+					a, err := client.GetTCP(addr, 3*time.Second)
+					if err != nil || a.Server != want {
+						t.Errorf("%s: answer %+v, err %v; want %s", addr, a, err, want)
+					}
+				}
+			}
+			if _, err := client.GetTCP("10.96.0.0:80", 3*time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Errorf("Service without endpoints: err = %v, want connection refused", err)
+			}
+
+			name := proxier.ServicePortName{Namespace: "tree", Name: "late", Port: "http", Protocol: v1.ProtocolTCP}
+			snap.Services[name] = &proxier.ServicePort{Name: name, Port: 80, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.200.200")}}
+			snap.Endpoints[name] = []proxier.Endpoint{{Addr: netip.MustParseAddr(pods[1].IP), Port: 8080, Ready: true, Serving: true}}
+			sync(snap)
+			if a, err := client.GetTCP("10.96.200.200:80", 3*time.Second); err != nil || a.Server != "pod1" {
+				t.Errorf("Service added by a partial sync: answer %+v, err %v", a, err)
+			}
+		})
+	}
+}
