@@ -138,21 +138,34 @@ func (f *Fake) Snapshot() *Ruleset {
 
 // argsText quotes arguments as iptables-save would.
 func argsText(args []string) string {
-	parts := make([]string, len(args))
-	for i, a := range args {
-		parts[i] = QuoteArg(a)
+	n := len(args)
+	for _, a := range args {
+		n += len(a)
 	}
-	return strings.Join(parts, " ")
+	var b strings.Builder
+	b.Grow(n)
+	for i, a := range args {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(QuoteArg(a))
+	}
+	return b.String()
 }
+
+var quoteEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`)
 
 // QuoteArg quotes one argument for restore input when it needs it.
 func QuoteArg(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_-./:,=![]", r))
-	}) < 0 {
+	plain := s != ""
+	for i := 0; plain && i < len(s); i++ {
+		c := s[i]
+		plain = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("_-./:,=![]", c) >= 0
+	}
+	if plain {
 		return s
 	}
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+	return `"` + quoteEscaper.Replace(s) + `"`
 }
 
 // ArgsText joins rule arguments into restore text, quoting where needed.

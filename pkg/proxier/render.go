@@ -157,6 +157,12 @@ type Rules struct {
 	Tables []Table
 	Jumps  []iptables.Jump
 	Stats  RenderStats
+	// What a Renderer made them from, so the next sync compares only the
+	// Service ports whose output is not the very same: each port's own
+	// chains, and per table the chains not owned by a port (top-level and
+	// dispatch). Nil for rules built otherwise.
+	ports  map[ServicePortName]*portRender
+	shared map[string]map[string][]string
 }
 
 // RenderStats are figures the renderer notices on the way, for metrics.
@@ -272,6 +278,18 @@ type output struct {
 	stats               RenderStats
 }
 
+// merge adds one Service port's dispatch rules and figures.
+func (o *output) merge(p *portRender) {
+	for name, keys := range p.natKeys {
+		o.natKeys[name] = append(o.natKeys[name], keys...)
+	}
+	for name, keys := range p.filterKeys {
+		o.filterKeys[name] = append(o.filterKeys[name], keys...)
+	}
+	o.stats.NoLocalInternal += p.stats.NoLocalInternal
+	o.stats.NoLocalExternal += p.stats.NoLocalExternal
+}
+
 func (o *output) natKeyed(chain string, r keyedRule) { o.natKeys[chain] = append(o.natKeys[chain], r) }
 
 func (o *output) filterKeyed(chain string, r keyedRule) {
@@ -291,9 +309,62 @@ func (o *output) filterRule(chain string, rule ruleBuilder) {
 // Render turns a snapshot into the complete ruleset for one IP family. It is
 // a pure function: the same snapshot and config always give the same rules.
 func Render(snap *Snapshot, cfg RenderConfig) *Rules {
-	masq := cfg.MasqMark()
-	out := &output{nat: map[string][]string{}, filter: map[string][]string{},
+	return new(Renderer).Render(snap, cfg)
+}
+
+// Renderer renders like Render, but remembers each Service port's rendered
+// chains and reuses them while the port's Service and endpoints are the
+// same objects (the tracker shares unchanged values between snapshots) and
+// the config and Node are unchanged. A sync then renders only what changed.
+// The zero value is ready; a Renderer is not safe for concurrent use.
+type Renderer struct {
+	key   string
+	cache map[ServicePortName]*portRender
+}
+
+// portRender is one Service port's rendered output and the inputs it came from.
+type portRender struct {
+	svc *ServicePort
+	eps []Endpoint
+	// Its own chains per table, by name.
+	nat, filter []Chain
+	// Its rules in the dispatch lists.
+	natKeys, filterKeys map[string][]keyedRule
+	stats               RenderStats
+}
+
+func renderPort(snap *Snapshot, cfg RenderConfig, svc *ServicePort, eps []Endpoint) *portRender {
+	out := newOutput()
+	for _, e := range renderServicePort(out, snap, cfg, svc) {
+		out.natKeyed(ChainServices, addrKeyed(e.addr, destMatch(e.addr, e.proto, e.port, e.comment).add("-j", e.target)))
+	}
+	return &portRender{svc: svc, eps: eps, nat: sortedChains(out.nat), filter: sortedChains(out.filter),
+		natKeys: out.natKeys, filterKeys: out.filterKeys, stats: out.stats}
+}
+
+func sortedChains(m map[string][]string) []Chain {
+	out := make([]Chain, 0, len(m))
+	for name, rules := range m {
+		out = append(out, Chain{Name: name, Rules: rules})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func newOutput() *output {
+	return &output{nat: map[string][]string{}, filter: map[string][]string{},
 		natKeys: map[string][]keyedRule{}, filterKeys: map[string][]keyedRule{}}
+}
+
+// sameSlice reports whether two slices are the same slice (not merely equal).
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
+// Render renders snap, reusing the chains of unchanged Service ports.
+func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
+	masq := cfg.MasqMark()
+	out := newOutput()
 	top := TopLevelChains()
 	for _, c := range top[TableNAT] {
 		out.nat[c] = nil
@@ -302,11 +373,25 @@ func Render(snap *Snapshot, cfg RenderConfig) *Rules {
 		out.filter[c] = nil
 	}
 
-	for _, name := range snap.SortedNames() {
-		for _, e := range renderServicePort(out, snap, cfg, snap.Services[name]) {
-			out.natKeyed(ChainServices, addrKeyed(e.addr, destMatch(e.addr, e.proto, e.port, e.comment).add("-j", e.target)))
-		}
+	// What every Service port's rules depend on besides its own objects.
+	key := fmt.Sprintf("%+v|%+v", cfg, snap.Node)
+	if key != r.key || r.cache == nil {
+		r.key, r.cache = key, map[ServicePortName]*portRender{}
 	}
+	cache := make(map[ServicePortName]*portRender, len(snap.Services))
+	names := snap.SortedNames()
+	nPorts := 0
+	for _, name := range names {
+		svc, eps := snap.Services[name], snap.Endpoints[name]
+		pr := r.cache[name]
+		if pr == nil || pr.svc != svc || !sameSlice(pr.eps, eps) {
+			pr = renderPort(snap, cfg, svc, eps)
+		}
+		cache[name] = pr
+		out.merge(pr)
+		nPorts += len(pr.nat) + len(pr.filter)
+	}
+	r.cache = cache
 
 	// The dispatch lists, as trees once they are long; SWY-SERVICES ends
 	// with the jump to SWY-NODEPORTS.
@@ -346,15 +431,28 @@ func Render(snap *Snapshot, cfg RenderConfig) *Rules {
 		}
 	}
 
-	return &Rules{Jumps: BaseJumps(), Stats: out.stats, Tables: []Table{
-		orderedTable(TableFilter, out.filter, top[TableFilter]),
-		orderedTable(TableNAT, out.nat, top[TableNAT]),
-	}}
+	// Each table: the top-level chains, the dispatch nodes by name, then
+	// every Service port's own chains, ports in name order.
+	rules := &Rules{Jumps: BaseJumps(), Stats: out.stats, ports: cache,
+		shared: map[string]map[string][]string{TableFilter: out.filter, TableNAT: out.nat}}
+	for _, t := range []string{TableFilter, TableNAT} {
+		table := orderedTable(t, rules.shared[t], top[t], nPorts)
+		for _, name := range names {
+			pr := cache[name]
+			if t == TableNAT {
+				table.Chains = append(table.Chains, pr.nat...)
+			} else {
+				table.Chains = append(table.Chains, pr.filter...)
+			}
+		}
+		rules.Tables = append(rules.Tables, table)
+	}
+	return rules
 }
 
 // orderedTable puts the top-level chains first, then the rest by name.
-func orderedTable(name string, chains map[string][]string, first []string) Table {
-	t := Table{Name: name}
+func orderedTable(name string, chains map[string][]string, first []string, room int) Table {
+	t := Table{Name: name, Chains: make([]Chain, 0, len(chains)+room)}
 	seen := map[string]bool{}
 	for _, c := range first {
 		t.Chains = append(t.Chains, Chain{Name: c, Rules: chains[c]})

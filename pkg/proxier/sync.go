@@ -19,9 +19,6 @@ import (
 	"github.com/switchyard-proxy/switchyard/pkg/metrics"
 )
 
-// applied is what switchyard last wrote: table -> chain -> rules.
-type applied map[string]map[string][]string
-
 // SyncResult describes one sync, for logs and metrics.
 type SyncResult struct {
 	Full          bool
@@ -49,7 +46,8 @@ type Syncer struct {
 	Conntrack conntrack.Interface
 
 	mu       sync.Mutex
-	applied  applied // nil: unknown, next sync is full
+	renderer Renderer
+	applied  *Rules // what the host holds; nil: unknown, next sync is full
 	lastFull time.Time
 	rules    *Rules
 	// lastUDP are the UDP frontends of the last successful sync.
@@ -151,7 +149,7 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 // ports) and applies it; snap is the whole snapshot, for conntrack.
 func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (SyncResult, error) {
 	start := time.Now()
-	rules := Render(effective, s.Config)
+	rules := s.renderer.Render(effective, s.Config)
 	full := s.applied == nil
 	var res SyncResult
 	var text []byte
@@ -192,7 +190,7 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 			return res, fmt.Errorf("ensuring %s jump rules: %w", s.Config.Family, err)
 		}
 	}
-	s.applied = toApplied(rules)
+	s.applied = rules
 	s.rules = rules
 	s.cleanConntrack(ctx, snap)
 	if full {
@@ -297,18 +295,6 @@ func (s *Syncer) hostState(ctx context.Context, rules *Rules) (map[string][]stri
 	return stale, unjump, nil
 }
 
-func toApplied(r *Rules) applied {
-	a := applied{}
-	for _, t := range r.Tables {
-		m := make(map[string][]string, len(t.Chains))
-		for _, c := range t.Chains {
-			m[c.Name] = c.Rules
-		}
-		a[t.Name] = m
-	}
-	return a
-}
-
 // fullRestore writes every chain of ours and deletes stale ones.
 func fullRestore(r *Rules, stale, unjump map[string][]string) ([]byte, SyncResult) {
 	var b bytes.Buffer
@@ -339,30 +325,18 @@ func fullRestore(r *Rules, stale, unjump map[string][]string) ([]byte, SyncResul
 
 // partialRestore writes only chains whose content differs from what was
 // applied, and deletes chains no longer wanted. A table with nothing to do
-// is left out; with nothing to do at all the text is empty.
-func partialRestore(r *Rules, last applied) ([]byte, SyncResult) {
+// is left out; with nothing to do at all the text is empty. Service ports
+// whose rendered output is the very same as last time are not looked at,
+// so the work is proportional to what changed (plus the dispatch chains).
+func partialRestore(r, last *Rules) ([]byte, SyncResult) {
 	var b bytes.Buffer
 	var res SyncResult
 	for _, t := range r.Tables {
-		prev := last[t.Name]
-		var changed []Chain
-		want := make(map[string]bool, len(t.Chains))
-		for _, c := range t.Chains {
-			want[c.Name] = true
-			old, ok := prev[c.Name]
-			if !ok || !slices.Equal(old, c.Rules) {
-				changed = append(changed, c)
-			}
-		}
-		var gone []string
-		for name := range prev {
-			if !want[name] {
-				gone = append(gone, name)
-			}
-		}
+		changed, gone := diffTable(r, last, t)
 		if len(changed) == 0 && len(gone) == 0 {
 			continue
 		}
+		sort.Slice(changed, func(i, j int) bool { return changed[i].Name < changed[j].Name })
 		sort.Strings(gone)
 		fmt.Fprintf(&b, "*%s\n", t.Name)
 		for _, c := range changed {
@@ -383,6 +357,71 @@ func partialRestore(r *Rules, last applied) ([]byte, SyncResult) {
 		res.ChainsDeleted += len(gone)
 	}
 	return b.Bytes(), res
+}
+
+// diffTable returns the chains of one table that are new or differ from
+// last, and the names of the chains last had that r has not.
+func diffTable(r, last *Rules, t Table) (changed []Chain, gone []string) {
+	if r.ports == nil || last.ports == nil {
+		// Rules not from a Renderer: compare every chain.
+		var prev []Chain
+		if lt := last.Table(t.Name); lt != nil {
+			prev = lt.Chains
+		}
+		return diffChains(prev, t.Chains)
+	}
+	c, g := diffChainMaps(last.shared[t.Name], r.shared[t.Name])
+	changed, gone = append(changed, c...), append(gone, g...)
+	own := func(pr *portRender) []Chain {
+		if pr == nil {
+			return nil
+		}
+		if t.Name == TableNAT {
+			return pr.nat
+		}
+		return pr.filter
+	}
+	for name, pr := range r.ports {
+		if old := last.ports[name]; old != pr {
+			c, g := diffChains(own(old), own(pr))
+			changed, gone = append(changed, c...), append(gone, g...)
+		}
+	}
+	for name, old := range last.ports {
+		if _, ok := r.ports[name]; !ok {
+			for _, c := range own(old) {
+				gone = append(gone, c.Name)
+			}
+		}
+	}
+	return changed, gone
+}
+
+func diffChains(prev, next []Chain) (changed []Chain, gone []string) {
+	pm := make(map[string][]string, len(prev))
+	for _, c := range prev {
+		pm[c.Name] = c.Rules
+	}
+	nm := make(map[string][]string, len(next))
+	for _, c := range next {
+		nm[c.Name] = c.Rules
+	}
+	return diffChainMaps(pm, nm)
+}
+
+func diffChainMaps(prev, next map[string][]string) (changed []Chain, gone []string) {
+	for name, rules := range next {
+		old, ok := prev[name]
+		if !ok || !sameSlice(old, rules) && !slices.Equal(old, rules) {
+			changed = append(changed, Chain{Name: name, Rules: rules})
+		}
+	}
+	for name := range prev {
+		if _, ok := next[name]; !ok {
+			gone = append(gone, name)
+		}
+	}
+	return changed, gone
 }
 
 func writeRules(b *bytes.Buffer, c Chain) {
