@@ -71,6 +71,8 @@ var (
 	// switchyard's own.
 	RestoreBytes = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "switchyard", Name: "sync_restore_bytes",
 		Help: "Size of each iptables-restore batch", Buckets: prometheus.ExponentialBuckets(256, 4, 12)}, []string{"ip_family"})
+	RestoreDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "switchyard", Name: "restore_duration_seconds",
+		Help: "Time of each iptables-restore run (a bounded sync runs several)", Buckets: prometheus.ExponentialBuckets(0.002, 2, 16)}, []string{"ip_family"})
 	Syncs = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "syncs_total",
 		Help: "Syncs by kind: full, partial (wrote something) or noop (nothing changed)"}, []string{"kind", "ip_family"})
 	ChainsWritten = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "chains_written_total",
@@ -84,6 +86,8 @@ var (
 		Help: "Stale UDP conntrack entries deleted"}, []string{"ip_family"})
 	QuarantinedServices = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "switchyard", Name: "quarantined_service_ports",
 		Help: "Service ports left out of the rules because the kernel refused them"})
+	PendingServicePorts = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "pending_service_ports",
+		Help: "Changed Service ports the last sync left for the next one, to keep each restore bounded"}, []string{"ip_family"})
 )
 
 func init() {
@@ -92,5 +96,6 @@ func init() {
 		EndpointChangesPending, EndpointChangesTotal, ServiceChangesPending, ServiceChangesTotal,
 		RestoreFailures, PartialRestoreFailures, RulesTotal, RulesLast, NoLocalEndpoints, HealthzTotal, LivezTotal,
 		ConntrackReconcileDuration, ConntrackDeleted,
-		RestoreBytes, Syncs, ChainsWritten, ChainsDeleted, RulesByLevel, ConntrackEntriesDeleted, QuarantinedServices)
+		RestoreBytes, Syncs, ChainsWritten, ChainsDeleted, RulesByLevel, ConntrackEntriesDeleted, QuarantinedServices,
+		PendingServicePorts, RestoreDuration)
 }

@@ -2,8 +2,8 @@ package proxier
 
 import (
 	"fmt"
-	"slices"
 	"net/netip"
+	"slices"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"

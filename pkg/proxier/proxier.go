@@ -134,6 +134,13 @@ func (p *Proxier) Status() (time.Time, error, int) {
 // SyncOnce renders and applies the current snapshot for every family. A
 // failure of one family does not stop the others.
 func (p *Proxier) SyncOnce(ctx context.Context) error {
+	_, err := p.syncOnce(ctx)
+	return err
+}
+
+// syncOnce is SyncOnce; more is true when a bounded sync left changes for
+// the next one.
+func (p *Proxier) syncOnce(ctx context.Context) (more bool, _ error) {
 	logger := klog.FromContext(ctx)
 	start := time.Now()
 	snap := p.source.Snapshot()
@@ -150,6 +157,7 @@ func (p *Proxier) SyncOnce(ctx context.Context) error {
 			continue
 		}
 		results = append(results, res)
+		more = more || res.Pending > 0
 		now := time.Now()
 		for _, t := range snap.TriggerTimes {
 			if d := now.Sub(t); d >= 0 {
@@ -178,7 +186,7 @@ func (p *Proxier) SyncOnce(ctx context.Context) error {
 		p.syncedOnce.Do(func() { close(p.synced) })
 		logger.V(1).Info("Synced", "services", len(snap.Services), "results", results)
 	}
-	return err
+	return more, err
 }
 
 // Run is the sync loop. It syncs at once, then whenever a sync is requested
@@ -210,12 +218,14 @@ func (p *Proxier) Run(ctx context.Context) {
 			}
 			pending = false
 			lastStart = time.Now()
-			if err := p.SyncOnce(ctx); err != nil {
+			more, err := p.syncOnce(ctx)
+			if err != nil {
 				backoff = nextBackoff(backoff, p.cfg.SyncPeriod)
 				logger.Info("Retrying sync after backoff", "backoff", backoff)
 				retry = time.After(backoff)
 			} else {
 				backoff, retry = 0, nil
+				pending = more // a bounded sync left work: go on at once
 			}
 			continue
 		}

@@ -163,6 +163,8 @@ type Rules struct {
 	// dispatch). Nil for rules built otherwise.
 	ports  map[ServicePortName]*portRender
 	shared map[string]map[string][]string
+	// dispatch lists each table's dispatch node chains children first.
+	dispatch map[string][]string
 }
 
 // RenderStats are figures the renderer notices on the way, for metrics.
@@ -356,6 +358,9 @@ func newOutput() *output {
 		natKeys: map[string][]keyedRule{}, filterKeys: map[string][]keyedRule{}}
 }
 
+// nodeKey identifies everything about the Node that rules depend on.
+func nodeKey(n NodeInfo) string { return fmt.Sprintf("%+v", n) }
+
 // sameSlice reports whether two slices are the same slice (not merely equal).
 func sameSlice[T any](a, b []T) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
@@ -374,7 +379,7 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 	}
 
 	// What every Service port's rules depend on besides its own objects.
-	key := fmt.Sprintf("%+v|%+v", cfg, snap.Node)
+	key := fmt.Sprintf("%+v|", cfg) + nodeKey(snap.Node)
 	if key != r.key || r.cache == nil {
 		r.key, r.cache = key, map[ServicePortName]*portRender{}
 	}
@@ -395,6 +400,7 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 
 	// The dispatch lists, as trees once they are long; SWY-SERVICES ends
 	// with the jump to SWY-NODEPORTS.
+	dispatch := map[string][]string{}
 	for _, k := range []struct {
 		table  string
 		chains map[string][]string
@@ -405,6 +411,7 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 			k.chains[root] = append(rules, k.chains[root]...)
 			for _, c := range nodes {
 				k.chains[c.Name] = c.Rules
+				dispatch[k.table] = append(dispatch[k.table], c.Name)
 			}
 		}
 	}
@@ -433,7 +440,7 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 
 	// Each table: the top-level chains, the dispatch nodes by name, then
 	// every Service port's own chains, ports in name order.
-	rules := &Rules{Jumps: BaseJumps(), Stats: out.stats, ports: cache,
+	rules := &Rules{Jumps: BaseJumps(), Stats: out.stats, ports: cache, dispatch: dispatch,
 		shared: map[string]map[string][]string{TableFilter: out.filter, TableNAT: out.nat}}
 	for _, t := range []string{TableFilter, TableNAT} {
 		table := orderedTable(t, rules.shared[t], top[t], nPorts)

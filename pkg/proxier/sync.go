@@ -25,8 +25,11 @@ type SyncResult struct {
 	Quarantined   int
 	ChainsWritten int
 	ChainsDeleted int
-	Bytes         int
-	Elapsed       time.Duration
+	// Pending is how many changed Service ports this sync left for the
+	// next one, to keep its restore within MaxRestoreRules.
+	Pending int
+	Bytes   int
+	Elapsed time.Duration
 }
 
 // Syncer applies rendered rules for one IP family through a host interface.
@@ -44,12 +47,17 @@ type Syncer struct {
 	HostTimeout time.Duration
 	// Conntrack, when set, has stale UDP flows deleted after every sync.
 	Conntrack conntrack.Interface
+	// MaxRestoreRules bounds the rules one restore writes or deletes (see
+	// bound.go); zero means no bound.
+	MaxRestoreRules int
 
 	mu       sync.Mutex
 	renderer Renderer
 	applied  *Rules // what the host holds; nil: unknown, next sync is full
-	lastFull time.Time
-	rules    *Rules
+	// appliedSnap is the snapshot applied rules were rendered from.
+	appliedSnap *Snapshot
+	lastFull    time.Time
+	rules       *Rules
 	// lastUDP are the UDP frontends of the last successful sync.
 	lastUDP udpFrontends
 	// For /debug/rules: the last batch applied and the last one refused.
@@ -126,7 +134,23 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	if s.applied == nil {
 		clear(s.quarantine) // a full sync retries every Service
 	}
-	res, err := s.syncLocked(ctx, snap, s.withoutQuarantined(snap))
+	effective := s.withoutQuarantined(snap)
+	if s.applied != nil {
+		target, pending := boundedTarget(s.appliedSnap, effective, s.MaxRestoreRules)
+		if pending > 0 {
+			// Clean conntrack for what is programmed, not yet for the rest.
+			res, err := s.syncLocked(ctx, target, target)
+			res.Pending = pending
+			metrics.PendingServicePorts.WithLabelValues(string(s.Config.Family)).Set(float64(pending))
+			if err == nil {
+				klog.FromContext(ctx).V(2).Info("Applied part of the changes; the rest follows at once",
+					"family", s.Config.Family, "pendingServicePorts", pending)
+			}
+			return res, err
+		}
+	}
+	metrics.PendingServicePorts.WithLabelValues(string(s.Config.Family)).Set(0)
+	res, err := s.syncLocked(ctx, snap, effective)
 	if err == nil || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 		return res, err
 	}
@@ -152,22 +176,33 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	rules := s.renderer.Render(effective, s.Config)
 	full := s.applied == nil
 	var res SyncResult
-	var text []byte
+	var texts [][]byte
 	if full {
-		stale, unjump, err := s.hostState(ctx, rules)
+		h, err := s.hostState(ctx, rules)
 		if err != nil {
 			return res, err
 		}
-		text, res = fullRestore(rules, stale, unjump)
+		if s.MaxRestoreRules > 0 && ruleCount(rules) > s.MaxRestoreRules {
+			texts, res = chunkedFullRestore(rules, h, s.MaxRestoreRules)
+		} else {
+			var text []byte
+			text, res = fullRestore(rules, h.stale, h.unjump)
+			texts = [][]byte{text}
+		}
 	} else {
-		text, res = partialRestore(rules, s.applied)
+		text, r := partialRestore(rules, s.applied)
+		texts, res = [][]byte{text}, r
 	}
 	res.Full = full
 	fam := string(s.Config.Family)
-	if len(text) > 0 {
-		batch := Batch{Family: s.Config.Family, Time: time.Now(), Full: full, Text: string(text)}
+	var text []byte // everything written, for metrics
+	for _, chunk := range texts {
+		if len(chunk) == 0 {
+			continue
+		}
+		batch := Batch{Family: s.Config.Family, Time: time.Now(), Full: full, Text: string(chunk)}
 		hctx, cancel := s.hostCtx(ctx)
-		err := s.Host.Restore(hctx, text)
+		err := s.Host.Restore(hctx, chunk)
 		cancel()
 		if err != nil {
 			batch.Error = err.Error()
@@ -180,6 +215,8 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 			return res, fmt.Errorf("applying %s rules: %w", s.Config.Family, err)
 		}
 		s.lastBatch = batch
+		metrics.RestoreDuration.WithLabelValues(fam).Observe(time.Since(batch.Time).Seconds())
+		text = append(text, chunk...)
 	}
 	if full || !s.jumpsKnownGood(rules) {
 		hctx, cancel := s.hostCtx(ctx)
@@ -190,7 +227,7 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 			return res, fmt.Errorf("ensuring %s jump rules: %w", s.Config.Family, err)
 		}
 	}
-	s.applied = rules
+	s.applied, s.appliedSnap = rules, effective
 	s.rules = rules
 	s.cleanConntrack(ctx, snap)
 	if full {
@@ -263,36 +300,39 @@ func (s *Syncer) Check(ctx context.Context) (bool, error) {
 	return ok, err
 }
 
-// hostState reads the host's tables and returns, per table, the SWY- chains
-// that exist but are not wanted, and the rules in other chains that jump to
-// them (they must go before the chains can be deleted).
-func (s *Syncer) hostState(ctx context.Context, rules *Rules) (map[string][]string, map[string][]string, error) {
-	stale := map[string][]string{}
-	unjump := map[string][]string{}
+// hostState reads the host's tables: every chain, the rules in each, the
+// SWY- chains that exist but are not wanted, and the rules in other chains
+// that jump to them (they must go before the chains can be deleted).
+func (s *Syncer) hostState(ctx context.Context, rules *Rules) (hostTables, error) {
+	h := hostTables{existing: map[string]map[string]bool{}, size: map[string]map[string]int{},
+		stale: map[string][]string{}, unjump: map[string][]string{}}
 	for _, t := range rules.Tables {
 		hctx, cancel := s.hostCtx(ctx)
 		out, err := s.Host.Save(hctx, t.Name)
 		cancel()
 		if err != nil {
-			return nil, nil, fmt.Errorf("reading %s table: %w", t.Name, err)
+			return h, fmt.Errorf("reading %s table: %w", t.Name, err)
 		}
 		want := map[string]bool{}
 		for _, c := range t.Chains {
 			want[c.Name] = true
 		}
 		existing, jumps := iptables.ScanSave(out)
+		h.existing[t.Name], h.size[t.Name] = map[string]bool{}, map[string]int{}
 		for _, c := range existing {
+			h.existing[t.Name][c] = true
 			if strings.HasPrefix(c, ChainPrefix) && !want[c] {
-				stale[t.Name] = append(stale[t.Name], c)
+				h.stale[t.Name] = append(h.stale[t.Name], c)
 			}
 		}
 		for _, j := range jumps {
+			h.size[t.Name][j.Chain]++
 			if !strings.HasPrefix(j.Chain, ChainPrefix) && strings.HasPrefix(j.Target, ChainPrefix) && !want[j.Target] {
-				unjump[t.Name] = append(unjump[t.Name], "-D "+j.Chain+" "+j.Rule)
+				h.unjump[t.Name] = append(h.unjump[t.Name], "-D "+j.Chain+" "+j.Rule)
 			}
 		}
 	}
-	return stale, unjump, nil
+	return h, nil
 }
 
 // fullRestore writes every chain of ours and deletes stale ones.

@@ -1,0 +1,126 @@
+package proxier
+
+import (
+	"slices"
+	"sort"
+)
+
+// Bounded syncs. A restore's cost grows with what it writes: on nf_tables a
+// restore of 300,000 rules takes minutes, and nothing else reaches the node
+// meanwhile. So when a partial sync has more to do than MaxRestoreRules, it
+// applies an intermediate state instead: the Service ports already applied,
+// with as many of the changed ones moved to their new state as fit. Every
+// Service port is then wholly old or wholly new on the node, and the loop
+// syncs again at once for the rest, picking up any newer change first.
+//
+// Which changes go first: updates of Service ports already programmed (an
+// endpoint change: the most urgent, and the smallest), then new Service
+// ports, then deletions (a deleted Service's rules only cost memory until
+// they go), each in name order.
+
+// change classes, in the order they are applied.
+const (
+	changeUpdate = iota
+	changeAdd
+	changeDelete
+)
+
+type pendingChange struct {
+	name  ServicePortName
+	class int
+	cost  int
+}
+
+// portCost estimates the rules a Service port's change writes or deletes.
+func portCost(svc *ServicePort, eps []Endpoint) int {
+	if svc == nil {
+		return 0
+	}
+	n := 4 + 3*len(eps) + len(svc.ExternalIPs) + len(svc.LoadBalancerIPs) + len(svc.LoadBalancerSourceRanges)
+	if svc.AffinityTimeout > 0 {
+		n += len(eps)
+	}
+	return n
+}
+
+// boundedTarget returns the snapshot to apply next, given what was applied
+// (prev) and what is wanted (next), and how many changed Service ports it
+// leaves for later syncs. With no bound, no earlier state, or a change of
+// the node's own facts (which touches every Service), it is next itself.
+func boundedTarget(prev, next *Snapshot, maxRules int) (*Snapshot, int) {
+	if maxRules <= 0 || prev == nil || !sameNodeFacts(prev, next) {
+		return next, 0
+	}
+	var changes []pendingChange
+	total := 0
+	for name, svc := range next.Services {
+		old, ok := prev.Services[name]
+		eps := next.Endpoints[name]
+		if ok && old == svc && sameSlice(prev.Endpoints[name], eps) {
+			continue
+		}
+		c := pendingChange{name: name, class: changeAdd, cost: portCost(svc, eps)}
+		if ok {
+			c.class = changeUpdate
+			c.cost += portCost(old, prev.Endpoints[name])
+		}
+		changes = append(changes, c)
+		total += c.cost
+	}
+	for name, old := range prev.Services {
+		if _, ok := next.Services[name]; !ok {
+			c := pendingChange{name: name, class: changeDelete, cost: portCost(old, prev.Endpoints[name])}
+			changes = append(changes, c)
+			total += c.cost
+		}
+	}
+	if total <= maxRules {
+		return next, 0
+	}
+	sort.Slice(changes, func(i, j int) bool {
+		if changes[i].class != changes[j].class {
+			return changes[i].class < changes[j].class
+		}
+		return lessName(changes[i].name, changes[j].name)
+	})
+	out := &Snapshot{
+		Services:     make(map[ServicePortName]*ServicePort, len(prev.Services)),
+		Endpoints:    make(map[ServicePortName][]Endpoint, len(prev.Endpoints)),
+		Node:         next.Node,
+		HostAddrs:    next.HostAddrs,
+		TriggerTimes: next.TriggerTimes,
+	}
+	for n, s := range prev.Services {
+		out.Services[n] = s
+	}
+	for n, e := range prev.Endpoints {
+		out.Endpoints[n] = e
+	}
+	used, taken := 0, 0
+	for _, c := range changes {
+		// Always make progress, even past the bound, by one change.
+		if taken > 0 && used+c.cost > maxRules {
+			break
+		}
+		used += c.cost
+		taken++
+		if svc, ok := next.Services[c.name]; ok {
+			out.Services[c.name] = svc
+			if eps, ok := next.Endpoints[c.name]; ok {
+				out.Endpoints[c.name] = eps
+			} else {
+				delete(out.Endpoints, c.name)
+			}
+		} else {
+			delete(out.Services, c.name)
+			delete(out.Endpoints, c.name)
+		}
+	}
+	return out, len(changes) - taken
+}
+
+// sameNodeFacts reports whether two snapshots agree on everything besides
+// the Service ports that the rules depend on.
+func sameNodeFacts(a, b *Snapshot) bool {
+	return slices.Equal(a.HostAddrs, b.HostAddrs) && nodeKey(a.Node) == nodeKey(b.Node)
+}

@@ -1,0 +1,195 @@
+package proxier
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+)
+
+// A full sync that writes more than MaxRestoreRules is applied as a series
+// of restores, each leaving the node consistent, in this order:
+//
+//  1. the top-level chains the host lacks, empty (so the rest can refer to
+//     them) - a restart or hourly resync changes nothing on the host yet;
+//  2. each Service port's own chains, a whole port per restore at least:
+//     ports already programmed switch from wholly old to wholly new, new
+//     ones wait unreferenced;
+//  3. the dispatch nodes, children before parents: a node is rewritten
+//     only once every chain it jumps to exists;
+//  4. the top-level chains (the dispatch roots among them), and the
+//     removal of jumps to stale chains from built-in chains;
+//  5. the stale chains flushed (nothing refers to them any more but each
+//     other), then deleted.
+//
+// Like a single restore, nothing is flushed before it is rewritten, so
+// traffic keeps flowing throughout.
+
+// chunker collects restore texts of at most max rules each (a single
+// chain group larger than that makes its own).
+type chunker struct {
+	max    int
+	chunks [][]byte
+	cur    map[string]*bytes.Buffer // table -> body
+	decl   map[string]*bytes.Buffer // table -> declarations
+	rules  int
+}
+
+func newChunker(max int) *chunker {
+	return &chunker{max: max, cur: map[string]*bytes.Buffer{}, decl: map[string]*bytes.Buffer{}}
+}
+
+func (c *chunker) buf(m map[string]*bytes.Buffer, table string) *bytes.Buffer {
+	if m[table] == nil {
+		m[table] = &bytes.Buffer{}
+	}
+	return m[table]
+}
+
+// group adds chains that must land in one restore; size is their rules.
+func (c *chunker) group(size int, add func(c *chunker)) {
+	if c.rules > 0 && c.rules+size > c.max {
+		c.flush()
+	}
+	add(c)
+	c.rules += size
+}
+
+func (c *chunker) chain(table string, ch Chain) {
+	fmt.Fprintf(c.buf(c.decl, table), ":%s - [0:0]\n", ch.Name)
+	writeRules(c.buf(c.cur, table), ch)
+}
+
+func (c *chunker) line(table, text string) { c.buf(c.cur, table).WriteString(text + "\n") }
+
+func (c *chunker) declare(table, name string) {
+	fmt.Fprintf(c.buf(c.decl, table), ":%s - [0:0]\n", name)
+}
+
+func (c *chunker) flush() {
+	var b bytes.Buffer
+	for _, t := range []string{TableFilter, TableNAT} {
+		d, body := c.buf(c.decl, t), c.buf(c.cur, t)
+		if d.Len()+body.Len() == 0 {
+			continue
+		}
+		fmt.Fprintf(&b, "*%s\n", t)
+		b.Write(d.Bytes())
+		b.Write(body.Bytes())
+		b.WriteString("COMMIT\n")
+	}
+	if b.Len() > 0 {
+		c.chunks = append(c.chunks, b.Bytes())
+	}
+	c.cur, c.decl, c.rules = map[string]*bytes.Buffer{}, map[string]*bytes.Buffer{}, 0
+	for _, t := range []string{TableFilter, TableNAT} {
+		c.buf(c.cur, t)
+		c.buf(c.decl, t)
+	}
+}
+
+// hostTables is what a full sync found on the host, per table: every
+// chain, the rules in each (counted by their jumps), and the rules in
+// built-in chains that jump to chains no longer wanted.
+type hostTables struct {
+	existing map[string]map[string]bool
+	size     map[string]map[string]int
+	stale    map[string][]string
+	unjump   map[string][]string
+}
+
+// chunkedFullRestore splits a full sync into restores of about max rules.
+func chunkedFullRestore(r *Rules, h hostTables, max int) ([][]byte, SyncResult) {
+	var res SyncResult
+	c := newChunker(max)
+	c.flush() // initialise the buffers
+	top := TopLevelChains()
+	tables := []string{TableFilter, TableNAT}
+
+	// 1. Missing top-level chains, empty.
+	for _, t := range tables {
+		for _, name := range top[t] {
+			if !h.existing[t][name] {
+				c.declare(t, name)
+			}
+		}
+	}
+	c.flush()
+
+	// 2. Service ports' own chains, a port at a time.
+	names := make([]ServicePortName, 0, len(r.ports))
+	for n := range r.ports {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, func(a, b ServicePortName) int {
+		if lessName(a, b) {
+			return -1
+		}
+		return 1
+	})
+	for _, n := range names {
+		pr := r.ports[n]
+		size := 0
+		for _, ch := range append(slices.Clone(pr.nat), pr.filter...) {
+			size += len(ch.Rules) + 1
+		}
+		c.group(size, func(c *chunker) {
+			for _, ch := range pr.nat {
+				c.chain(TableNAT, ch)
+			}
+			for _, ch := range pr.filter {
+				c.chain(TableFilter, ch)
+			}
+		})
+		res.ChainsWritten += len(pr.nat) + len(pr.filter)
+	}
+	c.flush()
+
+	// 3. Dispatch nodes, children first.
+	for _, t := range tables {
+		for _, name := range r.dispatch[t] {
+			ch := Chain{Name: name, Rules: r.shared[t][name]}
+			c.group(len(ch.Rules)+1, func(c *chunker) { c.chain(t, ch) })
+			res.ChainsWritten++
+		}
+	}
+	c.flush()
+
+	// 4. Top-level chains, and jumps to stale chains removed.
+	for _, t := range tables {
+		for _, name := range top[t] {
+			c.chain(t, Chain{Name: name, Rules: r.shared[t][name]})
+			res.ChainsWritten++
+		}
+		for _, line := range h.unjump[t] {
+			c.line(t, line)
+		}
+	}
+	c.flush()
+
+	// 5. Stale chains: flushed in bounded restores, then deleted.
+	for _, t := range tables {
+		for _, name := range h.stale[t] {
+			c.group(h.size[t][name]+1, func(c *chunker) { c.declare(t, name) })
+		}
+	}
+	c.flush()
+	for _, t := range tables {
+		for _, name := range h.stale[t] {
+			c.line(t, "-X "+name)
+			res.ChainsDeleted++
+		}
+	}
+	c.flush()
+	return c.chunks, res
+}
+
+// ruleCount is the rules a Rules holds, all tables.
+func ruleCount(r *Rules) int {
+	n := 0
+	for _, t := range r.Tables {
+		for _, c := range t.Chains {
+			n += len(c.Rules)
+		}
+	}
+	return n
+}
