@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin:/usr/sbin:/sbin
 
-.PHONY: all setup build test lint unit integration e2e e2e-tools run golden image fuzz clean
+.PHONY: all setup build test lint unit integration e2e e2e-tools run golden image fuzz bench clean
 
 all: build
 
@@ -58,6 +58,15 @@ fuzz:
 	$(GO) test ./pkg/proxier -run '^$$' -fuzz '^FuzzRenderFiles$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/iptables -run '^$$' -fuzz '^FuzzParseSave$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pkg/iptables -run '^$$' -fuzz '^FuzzTrace$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pkg/proxier -run '^$$' -fuzz '^FuzzDispatchTree$$' -fuzztime $(FUZZTIME)
+
+## bench: Go benchmarks, then switchyard against upstream kube-proxy at 1,000 and 10,000 Services on both
+## backends (root; about an hour; not part of make test). BENCH_FLAGS passes options, e.g. -sizes 1000 -backends nft
+BENCH_FLAGS ?=
+bench: setup build e2e-tools
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./pkg/proxier
+	$(GO) build -o bin/bench ./test/bench
+	./bin/bench --repo . --switchyard bin/switchyard --tools test/e2e/tools/bin --out results --logs _output/bench $(BENCH_FLAGS)
 
 ## golden: rewrite the golden restore text after an intended change
 golden:

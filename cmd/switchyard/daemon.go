@@ -35,6 +35,7 @@ type daemonOptions struct {
 	syncPeriod    time.Duration
 	minSyncPeriod time.Duration
 	backend       string
+	maxRestore    int
 	dryRun        bool
 	conntrack     hostpkg.ConntrackConfig
 	healthzAddr   string
@@ -46,7 +47,7 @@ type daemonOptions struct {
 }
 
 func newDaemonOptions() *daemonOptions {
-	return &daemonOptions{syncPeriod: 30 * time.Second, minSyncPeriod: 100 * time.Millisecond, backend: "auto",
+	return &daemonOptions{syncPeriod: 30 * time.Second, minSyncPeriod: 100 * time.Millisecond, backend: "auto", maxRestore: -1,
 		healthzAddr: "0.0.0.0:10256", metricsAddr: "127.0.0.1:10249", apiQPS: 5, apiBurst: 10, apiContent: "application/vnd.kubernetes.protobuf",
 		conntrack: hostpkg.ConntrackConfig{MaxPerCore: 32768, Min: 131072, TCPEstablished: 24 * time.Hour, TCPCloseWait: time.Hour}}
 }
@@ -58,6 +59,8 @@ func (o *daemonOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.syncPeriod, "iptables-sync-period", o.syncPeriod, "The longest time between checks that the rules are intact and retries of a failed sync")
 	fs.DurationVar(&o.minSyncPeriod, "iptables-min-sync-period", o.minSyncPeriod, "The least time between two syncs; changes inside it are applied together")
 	fs.StringVar(&o.backend, "iptables-backend", o.backend, "iptables backend: auto (whichever the host uses), legacy or nft")
+	fs.IntVar(&o.maxRestore, "iptables-max-restore-rules", o.maxRestore, "The most rules one iptables-restore writes or deletes; bigger changes are applied in consistent steps (-1: by backend, "+
+		fmt.Sprintf("%d on nf_tables, unbounded on legacy; 0: unbounded)", proxier.DefaultMaxRestoreRulesNFT))
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Log each iptables-restore batch instead of applying it (needs no root)")
 	fs.StringVar(&o.configFile, "config", "", "kube-proxy's KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1), as found in the kube-proxy ConfigMap; flags override it")
 	fs.StringVar(&o.healthzAddr, "healthz-bind-address", o.healthzAddr, "Where /healthz and /livez listen (kube-proxy's port; empty disables)")
@@ -236,6 +239,13 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 			o.ensureRouteLocalnet(logger, reporter, nodeRef)
 		}
 		s := proxier.NewSyncer(cfg, host)
+		s.MaxRestoreRules = o.maxRestore
+		if r, ok := host.(*iptables.Runner); ok && o.maxRestore < 0 {
+			s.MaxRestoreRules = proxier.MaxRestoreRulesFor(r.Backend())
+		}
+		if s.MaxRestoreRules < 0 {
+			s.MaxRestoreRules = 0
+		}
 		if !o.dryRun {
 			s.Conntrack = conntrack.Netlink{}
 		}

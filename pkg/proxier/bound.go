@@ -3,6 +3,8 @@ package proxier
 import (
 	"slices"
 	"sort"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 )
 
 // Bounded syncs. A restore's cost grows with what it writes: on nf_tables a
@@ -17,6 +19,20 @@ import (
 // endpoint change: the most urgent, and the smallest), then new Service
 // ports, then deletions (a deleted Service's rules only cost memory until
 // they go), each in name order.
+
+// DefaultMaxRestoreRulesNFT bounds restores on nf_tables, where a restore
+// costs in proportion to what it writes (see the README's measurements).
+const DefaultMaxRestoreRulesNFT = 4000
+
+// MaxRestoreRulesFor is the default bound for a backend. On legacy every
+// restore rewrites the whole table whatever it changes, so splitting only
+// multiplies that cost: no bound.
+func MaxRestoreRulesFor(b iptables.Backend) int {
+	if b == iptables.BackendNFT {
+		return DefaultMaxRestoreRulesNFT
+	}
+	return 0
+}
 
 // change classes, in the order they are applied.
 const (

@@ -230,7 +230,16 @@ func SliceEndpoints(slice *discovery.EndpointSlice) (map[PortKey][]Endpoint, err
 			}
 			eps = append(eps, endpointFrom(e, a.Unmap(), *p.Port))
 		}
-		out[key] = eps
+		// In MergeSlices' order, first copy of a duplicate kept, so a
+		// Service with one slice shares these lists.
+		sort.SliceStable(eps, func(i, j int) bool { return lessEndpoint(eps[i], eps[j]) })
+		uniq := eps[:0]
+		for i, ep := range eps {
+			if i == 0 || lessEndpoint(uniq[len(uniq)-1], ep) {
+				uniq = append(uniq, ep)
+			}
+		}
+		out[key] = uniq
 	}
 	if len(problems) > 0 {
 		return out, fmt.Errorf("endpointslice %s/%s: %s", slice.Namespace, slice.Name, strings.Join(problems, "; "))
@@ -270,6 +279,21 @@ func endpointFrom(e discovery.Endpoint, addr netip.Addr, port int32) Endpoint {
 // visiting slices in name order and keeping the first copy of an endpoint
 // that appears in more than one slice.
 func MergeSlices(slices map[string]map[PortKey][]Endpoint) map[PortKey][]Endpoint {
+	if len(slices) == 1 {
+		// The common case: one slice. Its lists are the result when they
+		// are already in order without duplicates: share them, no copy.
+		for _, only := range slices {
+			shared := true
+			for _, eps := range only {
+				for i := 1; i < len(eps) && shared; i++ {
+					shared = lessEndpoint(eps[i-1], eps[i])
+				}
+			}
+			if shared {
+				return only
+			}
+		}
+	}
 	names := make([]string, 0, len(slices))
 	for n := range slices {
 		names = append(names, n)
@@ -294,11 +318,14 @@ func MergeSlices(slices map[string]map[PortKey][]Endpoint) map[PortKey][]Endpoin
 	}
 	for key := range out {
 		eps := out[key]
-		sort.SliceStable(eps, func(i, j int) bool {
-			return eps[i].Addr.Less(eps[j].Addr) || (eps[i].Addr == eps[j].Addr && eps[i].Port < eps[j].Port)
-		})
+		sort.SliceStable(eps, func(i, j int) bool { return lessEndpoint(eps[i], eps[j]) })
 	}
 	return out
+}
+
+// lessEndpoint orders endpoints by address, then port.
+func lessEndpoint(a, b Endpoint) bool {
+	return a.Addr.Less(b.Addr) || (a.Addr == b.Addr && a.Port < b.Port)
 }
 
 // NodeInfoFrom extracts the node facts the proxy uses.

@@ -174,6 +174,7 @@ func TestDispatchTreeIsShallowAndLocal(t *testing.T) {
 		chains[c.Name] = c.Rules
 	}
 	// 10,000 Services: a connection crosses a few dozen rules, not 10,000.
+	t.Logf("longest walk: SWY-SERVICES %d rules, SWY-NODEPORTS %d", longestWalk(chains, proxier.ChainServices), longestWalk(chains, proxier.ChainNodePorts))
 	if got := longestWalk(chains, proxier.ChainServices); got > 80 {
 		t.Errorf("longest walk through SWY-SERVICES = %d rules, want at most 80", got)
 	}

@@ -385,7 +385,7 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 	}
 	cache := make(map[ServicePortName]*portRender, len(snap.Services))
 	names := snap.SortedNames()
-	nPorts := 0
+	nNAT, nFilter := 0, 0
 	for _, name := range names {
 		svc, eps := snap.Services[name], snap.Endpoints[name]
 		pr := r.cache[name]
@@ -394,7 +394,8 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 		}
 		cache[name] = pr
 		out.merge(pr)
-		nPorts += len(pr.nat) + len(pr.filter)
+		nNAT += len(pr.nat)
+		nFilter += len(pr.filter)
 	}
 	r.cache = cache
 
@@ -443,7 +444,11 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 	rules := &Rules{Jumps: BaseJumps(), Stats: out.stats, ports: cache, dispatch: dispatch,
 		shared: map[string]map[string][]string{TableFilter: out.filter, TableNAT: out.nat}}
 	for _, t := range []string{TableFilter, TableNAT} {
-		table := orderedTable(t, rules.shared[t], top[t], nPorts)
+		room := nNAT
+		if t == TableFilter {
+			room = nFilter
+		}
+		table := orderedTable(t, rules.shared[t], top[t], room)
 		for _, name := range names {
 			pr := cache[name]
 			if t == TableNAT {

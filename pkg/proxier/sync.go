@@ -28,8 +28,10 @@ type SyncResult struct {
 	// Pending is how many changed Service ports this sync left for the
 	// next one, to keep its restore within MaxRestoreRules.
 	Pending int
-	Bytes   int
-	Elapsed time.Duration
+	// Restores is how many iptables-restore runs the sync took.
+	Restores int
+	Bytes    int
+	Elapsed  time.Duration
 }
 
 // Syncer applies rendered rules for one IP family through a host interface.
@@ -195,12 +197,12 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	}
 	res.Full = full
 	fam := string(s.Config.Family)
-	var text []byte // everything written, for metrics
+	written := map[string]int{} // rules written per table, for metrics
 	for _, chunk := range texts {
 		if len(chunk) == 0 {
 			continue
 		}
-		batch := Batch{Family: s.Config.Family, Time: time.Now(), Full: full, Text: string(chunk)}
+		batch := Batch{Family: s.Config.Family, Time: time.Now(), Full: full, Text: debugText(chunk)}
 		hctx, cancel := s.hostCtx(ctx)
 		err := s.Host.Restore(hctx, chunk)
 		cancel()
@@ -216,7 +218,9 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 		}
 		s.lastBatch = batch
 		metrics.RestoreDuration.WithLabelValues(fam).Observe(time.Since(batch.Time).Seconds())
-		text = append(text, chunk...)
+		countWritten(chunk, written)
+		res.Bytes += len(chunk)
+		res.Restores++
 	}
 	if full || !s.jumpsKnownGood(rules) {
 		hctx, cancel := s.hostCtx(ctx)
@@ -233,10 +237,9 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	if full {
 		s.lastFull = time.Now()
 	}
-	res.Bytes = len(text)
 	res.Elapsed = time.Since(start)
 	res.Quarantined = len(s.quarantine)
-	recordSync(s.Config.Family, rules, res, text)
+	recordSync(s.Config.Family, rules, res, written)
 	metrics.QuarantinedServices.Set(float64(len(s.quarantine)))
 	klog.FromContext(ctx).V(2).Info("Synced rules", "family", s.Config.Family, "full", full,
 		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "bytes", res.Bytes, "elapsed", res.Elapsed,
@@ -475,7 +478,7 @@ func writeRules(b *bytes.Buffer, c Chain) {
 }
 
 // recordSync publishes one successful sync's figures.
-func recordSync(family v1.IPFamily, rules *Rules, res SyncResult, text []byte) {
+func recordSync(family v1.IPFamily, rules *Rules, res SyncResult, written map[string]int) {
 	fam := string(family)
 	secs := res.Elapsed.Seconds()
 	metrics.SyncDuration.WithLabelValues(fam).Observe(secs)
@@ -486,28 +489,18 @@ func recordSync(family v1.IPFamily, rules *Rules, res SyncResult, text []byte) {
 		metrics.SyncFullDuration.WithLabelValues(fam).Observe(secs)
 	default:
 		metrics.SyncPartialDuration.WithLabelValues(fam).Observe(secs)
-		if len(text) > 0 {
+		if res.Bytes > 0 {
 			kind = "partial"
 		}
 	}
 	metrics.Syncs.WithLabelValues(kind, fam).Inc()
 	metrics.SyncLastTimestamp.WithLabelValues(fam).SetToCurrentTime()
-	if len(text) > 0 {
-		metrics.RestoreBytes.WithLabelValues(fam).Observe(float64(len(text)))
+	if res.Bytes > 0 {
+		metrics.RestoreBytes.WithLabelValues(fam).Observe(float64(res.Bytes))
 	}
 	metrics.ChainsWritten.WithLabelValues(fam).Add(float64(res.ChainsWritten))
 	metrics.ChainsDeleted.WithLabelValues(fam).Add(float64(res.ChainsDeleted))
 
-	written := map[string]int{}
-	table := ""
-	for _, line := range bytes.Split(text, []byte("\n")) {
-		switch {
-		case bytes.HasPrefix(line, []byte("*")):
-			table = string(line[1:])
-		case bytes.HasPrefix(line, []byte("-A ")):
-			written[table]++
-		}
-	}
 	for _, t := range rules.Tables {
 		total := 0
 		levels := map[string]int{}
@@ -523,6 +516,36 @@ func recordSync(family v1.IPFamily, rules *Rules, res SyncResult, text []byte) {
 	}
 	metrics.NoLocalEndpoints.WithLabelValues("internal", fam).Set(float64(rules.Stats.NoLocalInternal))
 	metrics.NoLocalEndpoints.WithLabelValues("external", fam).Set(float64(rules.Stats.NoLocalExternal))
+}
+
+// countWritten adds the rules restore text writes, per table.
+func countWritten(text []byte, written map[string]int) {
+	table := ""
+	for len(text) > 0 {
+		line := text
+		if i := bytes.IndexByte(text, '\n'); i >= 0 {
+			line, text = text[:i], text[i+1:]
+		} else {
+			text = nil
+		}
+		switch {
+		case len(line) > 0 && line[0] == '*':
+			table = string(line[1:])
+		case bytes.HasPrefix(line, []byte("-A ")):
+			written[table]++
+		}
+	}
+}
+
+// maxDebugText is the most of a batch /debug/rules keeps: a full sync at
+// 10,000 Services writes about 14 MB, which is not worth holding.
+const maxDebugText = 256 << 10
+
+func debugText(b []byte) string {
+	if len(b) <= maxDebugText {
+		return string(b)
+	}
+	return string(b[:maxDebugText]) + fmt.Sprintf("\n... (%d more bytes not kept)\n", len(b)-maxDebugText)
 }
 
 func chainLevel(name string) string {

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -84,6 +85,12 @@ func MetricsHandler(st State) http.Handler {
 		fmt.Fprint(w, "iptables")
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") })
+	// Go profiles, as kube-proxy serves them on its metrics port: where a
+	// node's CPU and memory go.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/rules", func(w http.ResponseWriter, _ *http.Request) {
 		type family struct {
 			Applied *proxier.Batch `json:"applied,omitempty"`

@@ -26,6 +26,8 @@ type Watcher struct {
 	services cache.SharedIndexInformer
 	slices   cache.SharedIndexInformer
 	nodes    cache.SharedIndexInformer
+	// handlers are the event handler registrations, for their HasSynced.
+	handlers [3]cache.ResourceEventHandlerRegistration
 	start    []func(<-chan struct{})
 }
 
@@ -67,7 +69,7 @@ func NewWatcher(client kubernetes.Interface, tracker *Tracker, resync time.Durat
 		_ = inf.SetTransform(stripTransform)
 	}
 
-	_, _ = w.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	w.handlers[0], _ = w.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { tracker.UpdateService(obj.(*v1.Service)) },
 		UpdateFunc: func(_, obj any) { tracker.UpdateService(obj.(*v1.Service)) },
 		DeleteFunc: func(obj any) {
@@ -76,7 +78,7 @@ func NewWatcher(client kubernetes.Interface, tracker *Tracker, resync time.Durat
 			}
 		},
 	})
-	_, _ = w.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	w.handlers[1], _ = w.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { tracker.UpdateSlice(obj.(*discovery.EndpointSlice)) },
 		UpdateFunc: func(_, obj any) { tracker.UpdateSlice(obj.(*discovery.EndpointSlice)) },
 		DeleteFunc: func(obj any) {
@@ -85,7 +87,7 @@ func NewWatcher(client kubernetes.Interface, tracker *Tracker, resync time.Durat
 			}
 		},
 	})
-	_, _ = w.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	w.handlers[2], _ = w.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { tracker.UpdateNode(obj.(*v1.Node)) },
 		UpdateFunc: func(_, obj any) { tracker.UpdateNode(obj.(*v1.Node)) },
 		DeleteFunc: func(obj any) {
@@ -109,13 +111,22 @@ func deletedKey(obj any) (string, string, bool) {
 	return m.GetNamespace(), m.GetName(), true
 }
 
-// Start starts the informers and waits until every cache has synced (the
-// Node cache syncs even when the Node does not exist yet).
+// Start starts the informers and waits until every cache has synced and
+// every handler has been given the initial list (the Node cache syncs even
+// when the Node does not exist yet). Waiting for the handlers matters: the
+// first sync is a full one, and with 10,000 Services it should carry every
+// EndpointSlice, not whichever the handlers had seen by then.
 func (w *Watcher) Start(ctx context.Context) error {
 	for _, s := range w.start {
 		s(ctx.Done())
 	}
-	if !cache.WaitForCacheSync(ctx.Done(), w.services.HasSynced, w.slices.HasSynced, w.nodes.HasSynced) {
+	synced := []cache.InformerSynced{w.services.HasSynced, w.slices.HasSynced, w.nodes.HasSynced}
+	for _, h := range w.handlers {
+		if h != nil {
+			synced = append(synced, h.HasSynced)
+		}
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("informer caches did not sync: %w", ctx.Err())
 	}
 	return nil

@@ -165,8 +165,12 @@ func Start(o *Owner, opts Options) *Cluster {
 	return c
 }
 
-func (c *Cluster) applyRBAC() error {
-	data, err := os.ReadFile(filepath.Join(c.Opts.RepoRoot, "deploy", "daemonset.yaml"))
+func (c *Cluster) applyRBAC() error { return ApplyRBAC(c.Client, c.Opts.RepoRoot) }
+
+// ApplyRBAC creates the ServiceAccount, ClusterRole and binding of the
+// repository's deploy/daemonset.yaml: what the proxy identity may do.
+func ApplyRBAC(client kubernetes.Interface, repoRoot string) error {
+	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "daemonset.yaml"))
 	if err != nil {
 		return err
 	}
@@ -186,11 +190,11 @@ func (c *Cluster) applyRBAC() error {
 		}
 		switch o := obj.(type) {
 		case *rbacv1.ClusterRole:
-			_, err = c.Client.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
+			_, err = client.RbacV1().ClusterRoles().Create(ctx, o, metav1.CreateOptions{})
 		case *rbacv1.ClusterRoleBinding:
-			_, err = c.Client.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
+			_, err = client.RbacV1().ClusterRoleBindings().Create(ctx, o, metav1.CreateOptions{})
 		case *v1.ServiceAccount:
-			_, err = c.Client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+			_, err = client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
 		}
 		if err != nil && !apierrors.IsAlreadyExists(err) {
 			return err

@@ -52,6 +52,9 @@ func StartProcess(name string, cmd *exec.Cmd, logPath string, tee io.Writer) (*P
 	return p, nil
 }
 
+// Pid is the process's ID.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Exited reports whether the process has ended, and how.
 func (p *Process) Exited() (bool, error) {
 	select {

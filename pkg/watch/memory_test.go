@@ -1,0 +1,89 @@
+package watch
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"testing"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+	"github.com/switchyard-proxy/switchyard/pkg/proxier"
+)
+
+// discard is a host that accepts everything and keeps nothing.
+type discard struct{}
+
+func (discard) Restore(context.Context, []byte) error     { return nil }
+func (discard) TestRestore(context.Context, []byte) error { return nil }
+func (discard) Save(context.Context, string) ([]byte, error) {
+	return nil, nil
+}
+func (discard) EnsureJumps(context.Context, []iptables.Jump) error { return nil }
+func (discard) Present(context.Context, map[string][]string, []iptables.Jump) (bool, error) {
+	return true, nil
+}
+
+func benchObjects(i, m int) (*v1.Service, *discovery.EndpointSlice) {
+	name := fmt.Sprintf("svc-%05d", i)
+	svc := &v1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: name},
+		Spec: v1.ServiceSpec{Type: v1.ServiceTypeClusterIP, ClusterIP: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}).String(),
+			Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}}}
+	svc.Spec.ClusterIPs = []string{svc.Spec.ClusterIP}
+	sl := &discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: "bench", Name: name,
+		Labels: map[string]string{discovery.LabelServiceName: name}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)}}}
+	for e := range m {
+		sl.Endpoints = append(sl.Endpoints, discovery.Endpoint{Addresses: []string{fmt.Sprintf("10.244.%d.%d", e, i%250)},
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}})
+	}
+	return svc, sl
+}
+
+func heap() float64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return float64(ms.HeapAlloc) / (1 << 20)
+}
+
+// BenchmarkMemory10k reports what 10,000 Services x 10 endpoints keep
+// alive in switchyard's own state (tracker and syncer, after a sync), as
+// MB of live heap; the informer caches' copies of the objects come on top.
+func BenchmarkMemory10k(b *testing.B) {
+	for b.Loop() {
+		before := heap()
+		tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
+		for i := range 10000 {
+			svc, sl := benchObjects(i, 10)
+			tr.UpdateService(svc)
+			tr.UpdateSlice(sl)
+		}
+		tracked := heap()
+		s := proxier.NewSyncer(proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}, discard{})
+		if _, err := s.Sync(context.Background(), tr.Snapshot()); err != nil {
+			b.Fatal(err)
+		}
+		synced := heap()
+		if path := os.Getenv("HEAPPROFILE"); path != "" {
+			f, err := os.Create(path)
+			if err == nil {
+				_ = pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+		}
+		b.ReportMetric(tracked-before, "tracker-MB")
+		b.ReportMetric(synced-tracked, "rules-MB")
+		runtime.KeepAlive(tr)
+		runtime.KeepAlive(s)
+	}
+}

@@ -1,0 +1,316 @@
+// Command bench is `make bench`: it compares switchyard with upstream
+// kube-proxy (iptables mode, built by the e2e tools module) on identical
+// network-namespace nodes against a real control plane, with real
+// connections, at N Services x M endpoints, on both iptables backends.
+//
+// Each (size, backend, proxy) phase gets a fresh node and the machine to
+// itself, and a time cap: a measurement that does not finish within it is
+// reported as over the cap. Every restore either proxy runs goes through a
+// wrapper on its PATH that logs its input size and duration. The results
+// are printed as one table and written as JSON under -out.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	discovery "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+
+	"github.com/switchyard-proxy/switchyard/test/e2e/cluster"
+	"github.com/switchyard-proxy/switchyard/test/netns"
+)
+
+const (
+	subnet   = "192.168.79"
+	nodeIP   = subnet + ".1"
+	nodeName = "bench-node"
+	podNet   = "10.244.1"
+	probeNS  = "probe"
+)
+
+type options struct {
+	sizes     []int
+	endpoints int
+	backends  []string
+	proxies   []string
+	changes   int
+	phaseCap  time.Duration
+	out       string
+	repo      string
+	tools     string
+	binary    string
+	logs      string
+}
+
+func main() {
+	var o options
+	sizes := flag.String("sizes", "1000,10000", "Service counts to load, comma-separated")
+	backends := flag.String("backends", "nft,legacy", "iptables backends, comma-separated")
+	proxies := flag.String("proxies", "switchyard,kube-proxy", "proxies to compare, comma-separated")
+	flag.IntVar(&o.endpoints, "endpoints", 10, "endpoints per Service")
+	flag.IntVar(&o.changes, "changes", 50, "timed changes per latency measurement")
+	flag.DurationVar(&o.phaseCap, "phase-cap", 20*time.Minute, "time cap of one (size, backend, proxy) phase")
+	flag.StringVar(&o.out, "out", "results", "folder for the JSON results")
+	flag.StringVar(&o.repo, "repo", ".", "the repository root")
+	flag.StringVar(&o.tools, "tools", "test/e2e/tools/bin", "kube-apiserver, kube-controller-manager and kube-proxy")
+	flag.StringVar(&o.binary, "switchyard", "bin/switchyard", "the switchyard binary")
+	flag.StringVar(&o.logs, "logs", "_output/bench", "component logs")
+	flag.Parse()
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 {
+			fail("bad -sizes %q", *sizes)
+		}
+		o.sizes = append(o.sizes, n)
+	}
+	o.backends = strings.Split(*backends, ",")
+	o.proxies = strings.Split(*proxies, ",")
+	for _, p := range []*string{&o.repo, &o.tools, &o.binary, &o.logs, &o.out} {
+		a, err := filepath.Abs(*p)
+		if err != nil {
+			fail("%v", err)
+		}
+		*p = a
+	}
+	if os.Geteuid() != 0 {
+		fail("bench needs root (network namespaces, iptables)")
+	}
+	if msg := netns.Missing("iptables-legacy-restore", "iptables-nft-restore", "etcd"); msg != "" {
+		fail("%s", msg)
+	}
+	if err := os.MkdirAll(o.logs, 0o755); err != nil {
+		fail("%v", err)
+	}
+
+	owner := &cluster.Owner{}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		fmt.Fprintln(os.Stderr, "bench: interrupted; cleaning up")
+		owner.Close()
+		os.Exit(130)
+	}()
+	var results []*Result
+	err := owner.Catch(func() { results = run(owner, o) })
+	owner.Close()
+	if err != nil {
+		fail("%v", err)
+	}
+	printTable(os.Stdout, results)
+}
+
+func fail(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+	os.Exit(1)
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+// env is what every phase shares: the underlay, the control plane, a client.
+type env struct {
+	o        options
+	underlay *netns.Bridge
+	cp       *cluster.ControlPlane
+	client   kubernetes.Interface
+	loads    int // namespaces loaded so far (each load uses a new one)
+	nodes    int
+}
+
+func run(owner *cluster.Owner, o options) []*Result {
+	e := &env{o: o}
+	e.underlay = netns.NewBridge(owner, "swyb-underlay")
+	e.underlay.Attach(owner, netns.Root(owner), "swyb0", subnet+".254/24")
+	logf("starting the control plane")
+	e.cp = cluster.StartControlPlane(owner, cluster.ControlPlaneOptions{BindIP: subnet + ".254", ToolsDir: o.tools, LogDir: o.logs})
+	cfg, err := clientcmd.BuildConfigFromFlags("", e.cp.AdminKubeconfig)
+	if err != nil {
+		owner.Fatalf("%v", err)
+	}
+	cfg.QPS, cfg.Burst = 2000, 4000
+	e.client = kubernetes.NewForConfigOrDie(cfg)
+	if err := cluster.ApplyRBAC(e.client, o.repo); err != nil {
+		owner.Fatalf("RBAC: %v", err)
+	}
+	e.createNode(owner)
+	e.createProbes(owner)
+
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		owner.Fatalf("%v", err)
+	}
+	out := filepath.Join(o.out, time.Now().UTC().Format("2006-01-02T150405Z")+".json")
+	var results []*Result
+	for _, size := range o.sizes {
+		for _, backend := range o.backends {
+			for _, proxy := range o.proxies {
+				r := &Result{Proxy: proxy, Backend: backend, Services: size, Endpoints: o.endpoints,
+					Machine: machine(), Started: time.Now().UTC()}
+				results = append(results, r)
+				po := &cluster.Owner{}
+				if err := po.Catch(func() { e.phase(po, r) }); err != nil {
+					r.Error = err.Error()
+					logf("phase %s/%s/%d failed: %v", proxy, backend, size, err)
+				}
+				po.Close()
+				data, _ := json.MarshalIndent(results, "", "  ")
+				if err := os.WriteFile(out, data, 0o644); err != nil {
+					owner.Fatalf("%v", err)
+				}
+				printTable(os.Stderr, results)
+			}
+		}
+	}
+	logf("results written to %s", out)
+	return results
+}
+
+func (e *env) createNode(owner *cluster.Owner) {
+	ctx := context.Background()
+	node := &v1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"kubernetes.io/hostname": nodeName}},
+		Spec:       v1.NodeSpec{PodCIDR: podNet + ".0/24", PodCIDRs: []string{podNet + ".0/24"}},
+	}
+	created, err := e.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+	if err != nil {
+		owner.Fatalf("creating the Node: %v", err)
+	}
+	created.Status = v1.NodeStatus{
+		Addresses:  []v1.NodeAddress{{Type: v1.NodeInternalIP, Address: nodeIP}, {Type: v1.NodeHostName, Address: nodeName}},
+		Conditions: []v1.NodeCondition{{Type: v1.NodeReady, Status: v1.ConditionTrue, LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}},
+	}
+	if _, err := e.client.CoreV1().Nodes().UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+		owner.Fatalf("Node status: %v", err)
+	}
+}
+
+// Pods on every bench node: ten servers (the endpoints of every loaded
+// Service), one more ("fresh", the target of every timed change) and a
+// client.
+func serverIP(i int) string { return fmt.Sprintf("%s.%d", podNet, 11+i) }
+
+const (
+	freshIP  = podNet + ".40"
+	clientIP = podNet + ".50"
+)
+
+// createProbes makes the handful of Services present in every phase: the
+// probe Service the connection rate is measured against, and eight more.
+func (e *env) createProbes(owner *cluster.Owner) {
+	e.createNamespace(owner, probeNS)
+	for i := range 9 {
+		if _, err := e.createService(probeNS, fmt.Sprintf("probe-%d", i), e.servers()); err != nil {
+			owner.Fatalf("probe Service: %v", err)
+		}
+	}
+}
+
+func (e *env) servers() []string {
+	var out []string
+	for i := range e.o.endpoints {
+		out = append(out, serverIP(i%10))
+	}
+	return out
+}
+
+func (e *env) createNamespace(owner *cluster.Owner, name string) {
+	_, err := e.client.CoreV1().Namespaces().Create(context.Background(), &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		owner.Fatalf("namespace %s: %v", name, err)
+	}
+}
+
+// createService makes a selectorless Service on port 80 and its
+// EndpointSlice with the given addresses (port 8080), and returns its
+// ClusterIP.
+func (e *env) createService(namespace, name string, addrs []string) (string, error) {
+	ctx := context.Background()
+	svc, err := e.client.CoreV1().Services(namespace).Create(ctx, &v1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec:       v1.ServiceSpec{Ports: []v1.ServicePort{{Name: "http", Port: 80, Protocol: v1.ProtocolTCP}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return "", err
+	}
+	_, err = e.client.DiscoveryV1().EndpointSlices(namespace).Create(ctx, slice(namespace, name, addrs), metav1.CreateOptions{})
+	return svc.Spec.ClusterIP, err
+}
+
+func slice(namespace, name string, addrs []string) *discovery.EndpointSlice {
+	s := &discovery.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: map[string]string{
+			discovery.LabelServiceName: name, discovery.LabelManagedBy: "bench"}},
+		AddressType: discovery.AddressTypeIPv4,
+		Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)}},
+	}
+	for _, a := range addrs {
+		s.Endpoints = append(s.Endpoints, discovery.Endpoint{Addresses: []string{a},
+			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}})
+	}
+	return s
+}
+
+// load creates n Services in a new namespace, 32 at a time, and returns
+// the namespace and their ClusterIPs by name.
+func (e *env) load(owner *cluster.Owner, n int) (string, map[string]string) {
+	e.loads++
+	ns := fmt.Sprintf("bench-%d", e.loads)
+	e.createNamespace(owner, ns)
+	start := time.Now()
+	ips := map[string]string{}
+	var mu sync.Mutex
+	var firstErr error
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				name := svcName(i)
+				var ip string
+				var err error
+				for try := 0; try < 5; try++ {
+					if ip, err = e.createService(ns, name, e.servers()); err == nil || apierrors.IsAlreadyExists(err) {
+						break
+					}
+				}
+				mu.Lock()
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				ips[name] = ip
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	if firstErr != nil {
+		owner.Fatalf("loading Services: %v", firstErr)
+	}
+	logf("loaded %d Services x %d endpoints into %s in %v", n, e.o.endpoints, ns, time.Since(start).Round(time.Second))
+	return ns, ips
+}
+
+func svcName(i int) string { return fmt.Sprintf("svc-%05d", i) }

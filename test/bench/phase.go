@@ -1,0 +1,455 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/switchyard-proxy/switchyard/test/e2e/cluster"
+	"github.com/switchyard-proxy/switchyard/test/netns"
+)
+
+// Result is one phase's measurements. Durations are in seconds; a negative
+// value means the measurement hit the phase's time cap.
+type Result struct {
+	Proxy     string    `json:"proxy"`
+	Backend   string    `json:"backend"`
+	Services  int       `json:"services"`
+	Endpoints int       `json:"endpointsPerService"`
+	Machine   string    `json:"machine"`
+	Started   time.Time `json:"started"`
+	Error     string    `json:"error,omitempty"`
+
+	ColdStart float64 `json:"coldStartSeconds"`
+	// Latencies of single changes, seconds, each timed from the API call
+	// until a real connection reaches the new state.
+	NewService     []float64 `json:"newServiceToTrafficSeconds"`
+	EndpointChange []float64 `json:"endpointChangeToTrafficSeconds"`
+	// Restores during the endpoint changes, per change.
+	RestoreBytesPerChange   float64 `json:"restoreBytesPerChange"`
+	RestoreSecondsPerChange float64 `json:"restoreSecondsPerChange"`
+	// Connections per second from a pod to a ClusterIP.
+	ConnRateHandful float64 `json:"connectionsPerSecondHandful"`
+	ConnRateLoaded  float64 `json:"connectionsPerSecondLoaded"`
+	// Mass delete of all N Services.
+	MassDeleteTotal    float64 `json:"massDeleteSeconds"`
+	MassDeleteLongest  float64 `json:"massDeleteLongestRestoreSeconds"`
+	MassDeleteRestores int     `json:"massDeleteRestores"`
+	ChangeDuringDelete float64 `json:"changeDuringDeleteSeconds"`
+	// Resources of the proxy process.
+	CPULoadSeconds float64 `json:"cpuSecondsToColdStart"`
+	IdleCPUPercent float64 `json:"idleCpuPercent"`
+	PeakRSSMB      float64 `json:"peakRssMB"`
+	LoadSeconds    float64 `json:"apiLoadSeconds"`
+}
+
+// bnode is one bench node: a namespace with pods, its restore log.
+type bnode struct {
+	*netns.Node
+	client *netns.Pod
+	bin    string // the PATH directory with the backend's wrappers
+	log    string // the restore log
+}
+
+func (e *env) newNode(po *cluster.Owner, backend string) *bnode {
+	e.nodes++
+	n := &bnode{Node: netns.NewNodeOn(po, fmt.Sprintf("swyb-node-%d", e.nodes), e.underlay, nodeIP, subnet+".253")}
+	// Traffic to a ClusterIP no rule catches fails at once, not by timeout
+	// (and every such attempt gets its ICMP error: no rate limit).
+	n.MustRun("ip", "route", "add", "unreachable", cluster.ServiceCIDR)
+	n.MustRun("sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
+	for i := range 10 {
+		p := n.AddPod(po, serverIP(i))
+		p.ServeTCP(po, ":8080", fmt.Sprintf("server-%d", i))
+	}
+	fresh := n.AddPod(po, freshIP)
+	fresh.ServeTCP(po, ":8080", "fresh")
+	n.client = n.AddPod(po, clientIP)
+	dir, err := os.MkdirTemp("", "swyb-bin")
+	if err != nil {
+		po.Fatalf("%v", err)
+	}
+	po.Cleanup(func() { os.RemoveAll(dir) })
+	n.bin, n.log = dir, filepath.Join(dir, "restores.log")
+	if err := writeWrappers(dir, backend, n.log); err != nil {
+		po.Fatalf("%v", err)
+	}
+	return n
+}
+
+// writeWrappers fills dir with the backend's iptables tools under their
+// plain names (kube-proxy runs "iptables-restore"), and wraps every
+// restore so it logs "START END BYTES EXIT" (nanoseconds) per run.
+func writeWrappers(dir, backend, log string) error {
+	for _, fam := range []string{"iptables", "ip6tables"} {
+		real := func(tool string) string { return "/usr/sbin/" + fam + "-" + backend + tool }
+		for _, tool := range []string{"", "-save"} {
+			if err := os.Symlink(real(tool), filepath.Join(dir, fam+tool)); err != nil {
+				return err
+			}
+		}
+		script := fmt.Sprintf(`#!/bin/bash
+f=$(mktemp)
+cat > "$f"
+t0=$(date +%%s%%N)
+%s "$@" < "$f"
+rc=$?
+t1=$(date +%%s%%N)
+echo "$t0 $t1 $(stat -c%%s "$f") $rc" >> %s
+rm -f "$f"
+exit $rc
+`, real("-restore"), log)
+		for _, name := range []string{fam + "-restore", fam + "-" + backend + "-restore"} {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+type restoreRun struct {
+	start, end time.Time
+	bytes      int
+}
+
+func (n *bnode) restores(since time.Time) []restoreRun {
+	data, _ := os.ReadFile(n.log)
+	var out []restoreRun
+	for _, line := range strings.Split(string(data), "\n") {
+		var t0, t1 int64
+		var b, rc int
+		if _, err := fmt.Sscan(line, &t0, &t1, &b, &rc); err != nil {
+			continue
+		}
+		r := restoreRun{start: time.Unix(0, t0), end: time.Unix(0, t1), bytes: b}
+		if !r.start.Before(since) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// startProxy runs the proxy in the node with the wrappers first on PATH.
+func (e *env) startProxy(po *cluster.Owner, n *bnode, proxy, backend string) *cluster.Process {
+	var args []string
+	switch proxy {
+	case "switchyard":
+		args = []string{e.o.binary, "--kubeconfig=" + e.cp.ProxyKubeconfig, "--hostname-override=" + nodeName,
+			"--cluster-cidr=10.244.0.0/16", "--iptables-backend=" + backend, "--healthz-bind-address=", "--metrics-bind-address=127.0.0.1:10249", "-v=1"}
+	case "kube-proxy":
+		args = []string{filepath.Join(e.o.tools, "kube-proxy"), "--kubeconfig=" + e.cp.ProxyKubeconfig, "--hostname-override=" + nodeName,
+			"--cluster-cidr=10.244.0.0/16", "--proxy-mode=iptables", "--conntrack-max-per-core=0",
+			"--healthz-bind-address=0.0.0.0:10266", "--metrics-bind-address=127.0.0.1:10259", "--v=1"}
+	default:
+		po.Fatalf("unknown proxy %q", proxy)
+	}
+	cmd := n.Command(append([]string{"env", "PATH=" + n.bin + ":/usr/sbin:/usr/bin:/sbin:/bin"}, args...)...)
+	p, err := cluster.StartProcess(proxy, cmd, filepath.Join(e.o.logs, fmt.Sprintf("%s-%s-%d.log", proxy, backend, e.nodes)), nil)
+	if err != nil {
+		po.Fatalf("%v", err)
+	}
+	po.Cleanup(func() { _ = p.Stop(30 * time.Second) })
+	return p
+}
+
+// reaches reports whether a new connection from the client to addr is
+// answered by want ("" for anyone).
+func (n *bnode) reaches(addr, want string) bool {
+	a, err := n.client.GetTCP(addr, time.Second)
+	return err == nil && (want == "" || a.Server == want)
+}
+
+// waitUntil polls cond every 5 ms until it holds or the deadline passes,
+// and returns the time it took (negative: deadline).
+func waitUntil(start, deadline time.Time, cond func() bool) float64 {
+	for {
+		if cond() {
+			return time.Since(start).Seconds()
+		}
+		if time.Now().After(deadline) {
+			return -1
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// connRate opens new connections to addr from the client for d, with
+// four workers, and returns the completed connections per second.
+func (n *bnode) connRate(addr string, d time.Duration) float64 {
+	var done atomic.Int64
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = n.client.Do(func() error {
+				buf := make([]byte, 64)
+				for time.Now().Before(stop) {
+					c, err := net.DialTimeout("tcp", addr, time.Second)
+					if err != nil {
+						continue
+					}
+					_ = c.SetDeadline(time.Now().Add(time.Second))
+					if _, err := c.Read(buf); err == nil {
+						done.Add(1)
+					}
+					c.Close()
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	return float64(done.Load()) / d.Seconds()
+}
+
+func (e *env) phase(po *cluster.Owner, r *Result) {
+	deadline := time.Now().Add(e.o.phaseCap)
+	ctx := context.Background()
+	logf("phase %s on %s, %d Services", r.Proxy, r.Backend, r.Services)
+	probe := e.clusterIP(po, probeNS, "probe-0")
+
+	// The connection rate with a handful of Services, on its own node.
+	{
+		n := e.newNode(po, r.Backend)
+		p := e.startProxy(po, n, r.Proxy, r.Backend)
+		if waitUntil(time.Now(), deadline, func() bool { return n.reaches(probe, "") }) < 0 {
+			po.Fatalf("the probe Service never answered (log: %s)", p.LogPath)
+		}
+		r.ConnRateHandful = n.connRate(probe, 3*time.Second)
+		logf("  %.0f connections/s with a handful of Services", r.ConnRateHandful)
+		_ = p.Stop(30 * time.Second)
+	}
+
+	start := time.Now()
+	ns, ips := e.load(po, r.Services)
+	r.LoadSeconds = time.Since(start).Seconds()
+
+	n := e.newNode(po, r.Backend)
+	p := e.startProxy(po, n, r.Proxy, r.Backend)
+	pid := p.Pid()
+	start = time.Now()
+	// Cold start: the probe, the first, the last and 20 random Services
+	// all answer.
+	names := []string{svcName(0), svcName(r.Services - 1)}
+	for range 20 {
+		names = append(names, svcName(rand.Intn(r.Services)))
+	}
+	r.ColdStart = waitUntil(start, deadline, func() bool {
+		if !n.reaches(probe, "") {
+			return false
+		}
+		for _, name := range names {
+			if !n.reaches(ips[name]+":80", "") {
+				return false
+			}
+		}
+		return true
+	})
+	r.CPULoadSeconds = cpuSeconds(pid)
+	logf("  cold start %.1fs, %.1f CPU s", r.ColdStart, r.CPULoadSeconds)
+	if r.ColdStart < 0 {
+		r.PeakRSSMB = peakRSS(pid)
+		return
+	}
+
+	// Idle: ten quiet seconds.
+	c0 := cpuSeconds(pid)
+	idleStart := time.Now()
+	time.Sleep(10 * time.Second) // a fixed measurement window, not a wait for a condition
+	r.IdleCPUPercent = 100 * (cpuSeconds(pid) - c0) / time.Since(idleStart).Seconds()
+
+	// New Service to traffic.
+	for i := range e.o.changes {
+		if time.Now().After(deadline) {
+			break
+		}
+		t0 := time.Now()
+		ip, err := e.createService(ns, fmt.Sprintf("new-%03d", i), []string{freshIP})
+		if err != nil {
+			po.Fatalf("creating a Service: %v", err)
+		}
+		d := waitUntil(t0, deadline, func() bool { return n.reaches(ip+":80", "fresh") })
+		r.NewService = append(r.NewService, d)
+	}
+	logf("  new Service to traffic: p50 %s p99 %s", fmtSec(pct(r.NewService, 50)), fmtSec(pct(r.NewService, 99)))
+
+	// Endpoint change to traffic: a loaded Service's ten endpoints become
+	// the one fresh pod.
+	changeStart := time.Now()
+	changed := 0
+	for i := range e.o.changes {
+		if time.Now().After(deadline) {
+			break
+		}
+		name := svcName((i * 7919) % r.Services)
+		t0 := time.Now()
+		_, err := e.client.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, name, []string{freshIP}), metav1.UpdateOptions{})
+		if err != nil {
+			po.Fatalf("updating an EndpointSlice: %v", err)
+		}
+		d := waitUntil(t0, deadline, func() bool { return n.reaches(ips[name]+":80", "fresh") })
+		r.EndpointChange = append(r.EndpointChange, d)
+		changed++
+	}
+	runs := n.restores(changeStart)
+	if changed > 0 {
+		var bytes int
+		var secs float64
+		for _, run := range runs {
+			bytes += run.bytes
+			secs += run.end.Sub(run.start).Seconds()
+		}
+		r.RestoreBytesPerChange = float64(bytes) / float64(changed)
+		r.RestoreSecondsPerChange = secs / float64(changed)
+	}
+	logf("  endpoint change to traffic: p50 %s p99 %s; %.0f restore bytes and %.3fs per change",
+		fmtSec(pct(r.EndpointChange, 50)), fmtSec(pct(r.EndpointChange, 99)), r.RestoreBytesPerChange, r.RestoreSecondsPerChange)
+
+	r.ConnRateLoaded = n.connRate(probe, 3*time.Second)
+	logf("  %.0f connections/s with %d Services", r.ConnRateLoaded, r.Services)
+	r.PeakRSSMB = peakRSS(pid)
+
+	// Mass delete: the loaded namespace goes; a second later a new Service
+	// is created elsewhere, and must reach the node meanwhile.
+	e.createNamespace(po, "during")
+	delStart := time.Now()
+	if err := e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+		po.Fatalf("deleting %s: %v", ns, err)
+	}
+	var during float64 = -1
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		time.Sleep(time.Second) // the change comes one second into the delete, by design
+		t0 := time.Now()
+		ip, err := e.createService("during", fmt.Sprintf("during-%d", e.nodes), []string{freshIP})
+		if err != nil {
+			return
+		}
+		during = waitUntil(t0, deadline, func() bool { return n.reaches(ip+":80", "fresh") })
+	}()
+	r.MassDeleteTotal = waitUntil(delStart, deadline, func() bool {
+		for _, name := range names {
+			if n.reaches(ips[name]+":80", "") {
+				return false
+			}
+		}
+		return true
+	})
+	wg.Wait()
+	r.ChangeDuringDelete = during
+	for _, run := range n.restores(delStart) {
+		r.MassDeleteRestores++
+		r.MassDeleteLongest = max(r.MassDeleteLongest, run.end.Sub(run.start).Seconds())
+	}
+	if r.MassDeleteTotal < 0 {
+		// Still restoring: the longest restore is at least as long as the
+		// one running now.
+		r.MassDeleteLongest = -1
+	}
+	logf("  mass delete %s (%d restores, longest %s); a change meanwhile took %s",
+		fmtSec(r.MassDeleteTotal), r.MassDeleteRestores, fmtSec(r.MassDeleteLongest), fmtSec(r.ChangeDuringDelete))
+	r.PeakRSSMB = max(r.PeakRSSMB, peakRSS(pid))
+	_ = p.Stop(30 * time.Second)
+	e.waitNamespaceGone(po, ns)
+}
+
+func (e *env) clusterIP(po *cluster.Owner, ns, name string) string {
+	svc, err := e.client.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		po.Fatalf("%v", err)
+	}
+	return svc.Spec.ClusterIP + ":80"
+}
+
+// waitNamespaceGone waits (up to ten minutes) for a deleted namespace to
+// be gone, so the next phase starts from the same API state.
+func (e *env) waitNamespaceGone(po *cluster.Owner, ns string) {
+	deadline := time.Now().Add(10 * time.Minute)
+	for {
+		_, err := e.client.CoreV1().Namespaces().Get(context.Background(), ns, metav1.GetOptions{})
+		if err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			po.Fatalf("namespace %s still exists after ten minutes", ns)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// cpuSeconds is the process's user and system CPU time so far.
+func cpuSeconds(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	var utime, stime float64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	return (utime + stime) / 100 // USER_HZ
+}
+
+// peakRSS is the process's peak resident memory (VmHWM) in MB.
+func peakRSS(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			var kb float64
+			fmt.Sscan(strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")), &kb)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// pct is the p-th percentile of the values; a capped (negative) value
+// counts as the largest.
+func pct(values []float64, p float64) float64 {
+	if len(values) == 0 {
+		return 0
+	}
+	v := append([]float64(nil), values...)
+	for i := range v {
+		if v[i] < 0 {
+			v[i] = 1e18
+		}
+	}
+	sort.Float64s(v)
+	x := v[min(len(v)-1, int(float64(len(v))*p/100))]
+	if x >= 1e18 {
+		return -1
+	}
+	return x
+}
+
+func fmtSec(s float64) string {
+	switch {
+	case s < 0:
+		return "over cap"
+	case s == 0:
+		return "-"
+	case s < 1:
+		return fmt.Sprintf("%.0f ms", s*1000)
+	}
+	return fmt.Sprintf("%.1f s", s)
+}
