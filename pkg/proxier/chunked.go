@@ -24,18 +24,20 @@ import (
 // Like a single restore, nothing is flushed before it is rewritten, so
 // traffic keeps flowing throughout.
 
-// chunker collects restore texts of at most max rules each (a single
-// chain group larger than that makes its own).
+// chunker makes restore texts of at most max rules each (a single chain
+// group larger than that makes its own) and hands each to emit; after an
+// error it does nothing more.
 type chunker struct {
 	max    int
-	chunks [][]byte
+	emit   func([]byte) error
+	err    error
 	cur    map[string]*bytes.Buffer // table -> body
 	decl   map[string]*bytes.Buffer // table -> declarations
 	rules  int
 }
 
-func newChunker(max int) *chunker {
-	return &chunker{max: max, cur: map[string]*bytes.Buffer{}, decl: map[string]*bytes.Buffer{}}
+func newChunker(max int, emit func([]byte) error) *chunker {
+	return &chunker{max: max, emit: emit, cur: map[string]*bytes.Buffer{}, decl: map[string]*bytes.Buffer{}}
 }
 
 func (c *chunker) buf(m map[string]*bytes.Buffer, table string) *bytes.Buffer {
@@ -47,6 +49,9 @@ func (c *chunker) buf(m map[string]*bytes.Buffer, table string) *bytes.Buffer {
 
 // group adds chains that must land in one restore; size is their rules.
 func (c *chunker) group(size int, add func(c *chunker)) {
+	if c.err != nil {
+		return
+	}
 	if c.rules > 0 && c.rules+size > c.max {
 		c.flush()
 	}
@@ -77,8 +82,8 @@ func (c *chunker) flush() {
 		b.Write(body.Bytes())
 		b.WriteString("COMMIT\n")
 	}
-	if b.Len() > 0 {
-		c.chunks = append(c.chunks, b.Bytes())
+	if b.Len() > 0 && c.err == nil {
+		c.err = c.emit(b.Bytes())
 	}
 	c.cur, c.decl, c.rules = map[string]*bytes.Buffer{}, map[string]*bytes.Buffer{}, 0
 	for _, t := range []string{TableFilter, TableNAT} {
@@ -97,10 +102,11 @@ type hostTables struct {
 	unjump   map[string][]string
 }
 
-// chunkedFullRestore splits a full sync into restores of about max rules.
-func chunkedFullRestore(r *Rules, h hostTables, max int) ([][]byte, SyncResult) {
+// chunkedFullRestore splits a full sync into restores of about max rules,
+// applying each with emit as soon as it is made.
+func chunkedFullRestore(r *Rules, h hostTables, max int, emit func([]byte) error) (SyncResult, error) {
 	var res SyncResult
-	c := newChunker(max)
+	c := newChunker(max, emit)
 	c.flush() // initialise the buffers
 	top := TopLevelChains()
 	tables := []string{TableFilter, TableNAT}
@@ -180,7 +186,7 @@ func chunkedFullRestore(r *Rules, h hostTables, max int) ([][]byte, SyncResult) 
 		}
 	}
 	c.flush()
-	return c.chunks, res
+	return res, c.err
 }
 
 // ruleCount is the rules a Rules holds, all tables.

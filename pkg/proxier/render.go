@@ -222,7 +222,7 @@ func TopLevelChains() map[string][]string {
 	}
 }
 
-func portHash(n ServicePortName) string { return hashName(n.String() + protoLower(n.Protocol)) }
+func portHash(n ServicePortName) string { return hashParts(n.String(), protoLower(n.Protocol)) }
 
 // ServiceChainName is the SWY-SVC- chain of a Service port (every usable
 // endpoint): a hash of its name and protocol, stable across versions.
@@ -239,12 +239,24 @@ func FirewallChainName(n ServicePortName) string { return fwChainPrefix + portHa
 
 // EndpointChainName is the SWY-SEP- chain of one endpoint of a Service port.
 func EndpointChainName(n ServicePortName, ep Endpoint) string {
-	return sepChainPrefix + hashName(n.String()+protoLower(n.Protocol)+ep.String())
+	return sepChainPrefix + hashParts(n.String(), protoLower(n.Protocol), ep.String())
 }
 
-func hashName(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return base32.StdEncoding.EncodeToString(sum[:])[:16]
+func hashName(s string) string { return hashParts(s) }
+
+// hashParts is hashName of the parts joined, without building the joined
+// string: chain names are made for every endpoint of every sync that
+// renders its Service.
+func hashParts(parts ...string) string {
+	var buf [256]byte
+	b := buf[:0]
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	sum := sha256.Sum256(b)
+	var enc [56]byte
+	base32.StdEncoding.Encode(enc[:], sum[:])
+	return string(enc[:16])
 }
 
 // ruleBuilder assembles one rule's arguments.

@@ -41,7 +41,8 @@ func usable(eps []Endpoint) []Endpoint {
 // endpoints on its own, as kube-proxy does. The cluster-wide choice honours
 // topology hints (see topologyMode).
 func categorize(all []Endpoint, family v1.IPFamily, node NodeInfo) endpointSets {
-	var eps, local []Endpoint
+	eps := make([]Endpoint, 0, len(all))
+	var local []Endpoint
 	for _, ep := range all {
 		if familyOf(ep.Addr) != family {
 			continue
@@ -52,7 +53,7 @@ func categorize(all []Endpoint, family v1.IPFamily, node NodeInfo) endpointSets 
 		}
 	}
 	mode := topologyMode(eps, node.Name, node.Zone)
-	var cluster []Endpoint
+	cluster := make([]Endpoint, 0, len(eps))
 	for _, ep := range eps {
 		if ep.Ready && availableForTopology(ep, mode, node.Name, node.Zone) {
 			cluster = append(cluster, ep)

@@ -178,29 +178,13 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	rules := s.renderer.Render(effective, s.Config)
 	full := s.applied == nil
 	var res SyncResult
-	var texts [][]byte
-	if full {
-		h, err := s.hostState(ctx, rules)
-		if err != nil {
-			return res, err
-		}
-		if s.MaxRestoreRules > 0 && ruleCount(rules) > s.MaxRestoreRules {
-			texts, res = chunkedFullRestore(rules, h, s.MaxRestoreRules)
-		} else {
-			var text []byte
-			text, res = fullRestore(rules, h.stale, h.unjump)
-			texts = [][]byte{text}
-		}
-	} else {
-		text, r := partialRestore(rules, s.applied)
-		texts, res = [][]byte{text}, r
-	}
-	res.Full = full
 	fam := string(s.Config.Family)
 	written := map[string]int{} // rules written per table, for metrics
-	for _, chunk := range texts {
+	// apply runs one restore; chunks are applied as they are made, so a
+	// full sync never holds all of its text at once.
+	apply := func(chunk []byte) error {
 		if len(chunk) == 0 {
-			continue
+			return nil
 		}
 		batch := Batch{Family: s.Config.Family, Time: time.Now(), Full: full, Text: debugText(chunk)}
 		hctx, cancel := s.hostCtx(ctx)
@@ -214,13 +198,37 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 			if !full {
 				metrics.PartialRestoreFailures.WithLabelValues(fam).Inc()
 			}
-			return res, fmt.Errorf("applying %s rules: %w", s.Config.Family, err)
+			return fmt.Errorf("applying %s rules: %w", s.Config.Family, err)
 		}
 		s.lastBatch = batch
 		metrics.RestoreDuration.WithLabelValues(fam).Observe(time.Since(batch.Time).Seconds())
 		countWritten(chunk, written)
 		res.Bytes += len(chunk)
 		res.Restores++
+		return nil
+	}
+	var err error
+	var counts SyncResult
+	if full {
+		h, herr := s.hostState(ctx, rules)
+		if herr != nil {
+			return res, herr
+		}
+		if s.MaxRestoreRules > 0 && ruleCount(rules) > s.MaxRestoreRules {
+			counts, err = chunkedFullRestore(rules, h, s.MaxRestoreRules, apply)
+		} else {
+			var text []byte
+			text, counts = fullRestore(rules, h.stale, h.unjump)
+			err = apply(text)
+		}
+	} else {
+		var text []byte
+		text, counts = partialRestore(rules, s.applied)
+		err = apply(text)
+	}
+	res.ChainsWritten, res.ChainsDeleted, res.Full = counts.ChainsWritten, counts.ChainsDeleted, full
+	if err != nil {
+		return res, err
 	}
 	if full || !s.jumpsKnownGood(rules) {
 		hctx, cancel := s.hostCtx(ctx)

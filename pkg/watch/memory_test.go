@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
@@ -69,7 +70,9 @@ func BenchmarkMemory10k(b *testing.B) {
 			tr.UpdateSlice(sl)
 		}
 		tracked := heap()
+		b.ReportMetric(peakRSS(), "tracker-peak-RSS-MB")
 		s := proxier.NewSyncer(proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}, discard{})
+		s.MaxRestoreRules = proxier.DefaultMaxRestoreRulesNFT
 		if _, err := s.Sync(context.Background(), tr.Snapshot()); err != nil {
 			b.Fatal(err)
 		}
@@ -83,7 +86,21 @@ func BenchmarkMemory10k(b *testing.B) {
 		}
 		b.ReportMetric(tracked-before, "tracker-MB")
 		b.ReportMetric(synced-tracked, "rules-MB")
+		b.ReportMetric(peakRSS(), "peak-RSS-MB")
 		runtime.KeepAlive(tr)
 		runtime.KeepAlive(s)
 	}
+}
+
+// peakRSS is this process's peak resident memory in MB (VmHWM).
+func peakRSS() float64 {
+	data, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb float64
+			fmt.Sscan(strings.TrimSpace(rest), &kb)
+			return kb / 1024
+		}
+	}
+	return 0
 }

@@ -228,7 +228,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		if waitUntil(time.Now(), deadline, func() bool { return n.reaches(probe, "") }) < 0 {
 			po.Fatalf("the probe Service never answered (log: %s)", p.LogPath)
 		}
-		r.ConnRateHandful = n.connRate(probe, 3*time.Second)
+		r.ConnRateHandful = n.connRate(probe, 5*time.Second)
 		logf("  %.0f connections/s with a handful of Services", r.ConnRateHandful)
 		_ = p.Stop(30 * time.Second)
 	}
@@ -318,7 +318,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	logf("  endpoint change to traffic: p50 %s p99 %s; %.0f restore bytes and %.3fs per change",
 		fmtSec(pct(r.EndpointChange, 50)), fmtSec(pct(r.EndpointChange, 99)), r.RestoreBytesPerChange, r.RestoreSecondsPerChange)
 
-	r.ConnRateLoaded = n.connRate(probe, 3*time.Second)
+	r.ConnRateLoaded = n.connRate(probe, 5*time.Second)
 	logf("  %.0f connections/s with %d Services", r.ConnRateLoaded, r.Services)
 	r.PeakRSSMB = peakRSS(pid)
 
