@@ -28,12 +28,12 @@ import (
 // group larger than that makes its own) and hands each to emit; after an
 // error it does nothing more.
 type chunker struct {
-	max    int
-	emit   func([]byte) error
-	err    error
-	cur    map[string]*bytes.Buffer // table -> body
-	decl   map[string]*bytes.Buffer // table -> declarations
-	rules  int
+	max   int
+	emit  func([]byte) error
+	err   error
+	cur   map[string]*bytes.Buffer // table -> body
+	decl  map[string]*bytes.Buffer // table -> declarations
+	rules int
 }
 
 func newChunker(max int, emit func([]byte) error) *chunker {
