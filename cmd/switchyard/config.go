@@ -76,6 +76,7 @@ func loadConfigFile(path string, fs *pflag.FlagSet) (string, error) {
 	add("clusterCIDR", "cluster-cidr", c.ClusterCIDR, c.ClusterCIDR != "")
 	add("healthzBindAddress", "healthz-bind-address", c.HealthzBindAddress, c.HealthzBindAddress != "")
 	add("metricsBindAddress", "metrics-bind-address", c.MetricsBindAddress, c.MetricsBindAddress != "")
+	add("enableProfiling", "profiling", strconv.FormatBool(c.EnableProfiling), c.EnableProfiling)
 	add("nodePortAddresses", "nodeport-addresses", strings.Join(c.NodePortAddresses, ","), len(c.NodePortAddresses) > 0)
 	add("detectLocalMode", "detect-local-mode", string(c.DetectLocalMode), c.DetectLocalMode != "")
 	add("detectLocal.bridgeInterface", "pod-bridge-interface", c.DetectLocal.BridgeInterface, c.DetectLocal.BridgeInterface != "")
@@ -145,7 +146,7 @@ func ignoredFields(c *kpconfig.KubeProxyConfiguration) string {
 	logging := c.Logging.Verbosity != 0 || (c.Logging.Format != "" && c.Logging.Format != "text")
 	candidates := map[string]any{
 		"ipvs": c.IPVS, "nftables": c.NFTables, "winkernel": c.Winkernel, "bindAddress": bind,
-		"bindAddressHardFail": c.BindAddressHardFail, "enableProfiling": c.EnableProfiling,
+		"bindAddressHardFail": c.BindAddressHardFail,
 		"showHiddenMetricsForVersion": c.ShowHiddenMetricsForVersion, "oomScoreAdj": c.OOMScoreAdj,
 		"configSyncPeriod": c.ConfigSyncPeriod, "portRange": c.PortRange, "featureGates": c.FeatureGates,
 		"logging": logging, "windowsRunAsService": c.WindowsRunAsService,

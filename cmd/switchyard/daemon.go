@@ -36,6 +36,7 @@ type daemonOptions struct {
 	minSyncPeriod time.Duration
 	backend       string
 	maxRestore    int
+	profiling     bool
 	dryRun        bool
 	conntrack     hostpkg.ConntrackConfig
 	healthzAddr   string
@@ -61,6 +62,7 @@ func (o *daemonOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.backend, "iptables-backend", o.backend, "iptables backend: auto (whichever the host uses), legacy or nft")
 	fs.IntVar(&o.maxRestore, "iptables-max-restore-rules", o.maxRestore, "The most rules one iptables-restore writes or deletes; bigger changes are applied in consistent steps (-1: by backend, "+
 		fmt.Sprintf("%d on nf_tables, unbounded on legacy; 0: unbounded)", proxier.DefaultMaxRestoreRulesNFT))
+	fs.BoolVar(&o.profiling, "profiling", false, "Serve Go profiles at /debug/pprof/ on the metrics address")
 	fs.BoolVar(&o.dryRun, "dry-run", false, "Log each iptables-restore batch instead of applying it (needs no root)")
 	fs.StringVar(&o.configFile, "config", "", "kube-proxy's KubeProxyConfiguration file (kubeproxy.config.k8s.io/v1alpha1), as found in the kube-proxy ConfigMap; flags override it")
 	fs.StringVar(&o.healthzAddr, "healthz-bind-address", o.healthzAddr, "Where /healthz and /livez listen (kube-proxy's port; empty disables)")
@@ -292,7 +294,7 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 	if err := server.Serve(ctx, logger, "healthz", o.healthzAddr, server.HealthHandler(state)); err != nil {
 		return err
 	}
-	if err := server.Serve(ctx, logger, "metrics", o.metricsAddr, server.MetricsHandler(state)); err != nil {
+	if err := server.Serve(ctx, logger, "metrics", o.metricsAddr, server.MetricsHandler(state, o.profiling)); err != nil {
 		return err
 	}
 

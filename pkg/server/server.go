@@ -74,8 +74,9 @@ func answer(w http.ResponseWriter, st State, ok bool, eligible *bool, total *pro
 	fmt.Fprintf(w, `{"lastUpdated": %q,"currentTime": %q}`, last, now)
 }
 
-// MetricsHandler serves /metrics and the /debug endpoints.
-func MetricsHandler(st State) http.Handler {
+// MetricsHandler serves /metrics and the /debug endpoints; with profiling,
+// also Go's /debug/pprof (kube-proxy's --profiling).
+func MetricsHandler(st State, profiling bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
 	// As on kube-proxy's metrics port: tools (upstream's Service e2e tests
@@ -87,10 +88,12 @@ func MetricsHandler(st State) http.Handler {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") })
 	// Go profiles, as kube-proxy serves them on its metrics port: where a
 	// node's CPU and memory go.
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if profiling {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/debug/rules", func(w http.ResponseWriter, _ *http.Request) {
 		type family struct {
 			Applied *proxier.Batch `json:"applied,omitempty"`

@@ -85,7 +85,7 @@ func TestMetricsAndDebug(t *testing.T) {
 		t.Fatal("expected a failed sync")
 	}
 	st := &fakeState{healthy: true, syncers: []*proxier.Syncer{syncer}, snap: snap}
-	h := MetricsHandler(st)
+	h := MetricsHandler(st, false)
 
 	code, body := get(t, h, "/metrics")
 	if code != 200 {
