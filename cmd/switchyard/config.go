@@ -146,7 +146,7 @@ func ignoredFields(c *kpconfig.KubeProxyConfiguration) string {
 	logging := c.Logging.Verbosity != 0 || (c.Logging.Format != "" && c.Logging.Format != "text")
 	candidates := map[string]any{
 		"ipvs": c.IPVS, "nftables": c.NFTables, "winkernel": c.Winkernel, "bindAddress": bind,
-		"bindAddressHardFail": c.BindAddressHardFail,
+		"bindAddressHardFail":         c.BindAddressHardFail,
 		"showHiddenMetricsForVersion": c.ShowHiddenMetricsForVersion, "oomScoreAdj": c.OOMScoreAdj,
 		"configSyncPeriod": c.ConfigSyncPeriod, "portRange": c.PortRange, "featureGates": c.FeatureGates,
 		"logging": logging, "windowsRunAsService": c.WindowsRunAsService,
