@@ -32,11 +32,16 @@ type Watcher struct {
 }
 
 // stripTransform drops what the model never reads, so the informer caches
-// stay small: managed fields, and every annotation but the EndpointSlice
-// trigger time (for the network programming latency metric).
+// stay small: managed fields, every annotation but the EndpointSlice
+// trigger time (for the network programming latency metric), owner
+// references; on EndpointSlices each endpoint's target reference, host
+// name, and deprecated topology (a pod reference is most of an endpoint's
+// size); on Services the selector and status conditions; on the Node its
+// images and system information.
 func stripTransform(obj any) (any, error) {
 	if m, err := meta.Accessor(obj); err == nil {
 		m.SetManagedFields(nil)
+		m.SetOwnerReferences(nil)
 		if ann := m.GetAnnotations(); len(ann) > 0 {
 			if v, ok := ann[TriggerTimeAnnotation]; ok {
 				m.SetAnnotations(map[string]string{TriggerTimeAnnotation: v})
@@ -44,6 +49,23 @@ func stripTransform(obj any) (any, error) {
 				m.SetAnnotations(nil)
 			}
 		}
+	}
+	switch o := obj.(type) {
+	case *discovery.EndpointSlice:
+		for i := range o.Endpoints {
+			e := &o.Endpoints[i]
+			e.TargetRef, e.Hostname, e.DeprecatedTopology = nil, nil, nil
+			if len(e.Addresses) > 1 {
+				e.Addresses = e.Addresses[:1] // the only one the API allows to matter
+			}
+		}
+	case *v1.Service:
+		o.Spec.Selector = nil
+		o.Status.Conditions = nil
+	case *v1.Node:
+		o.Status.Images = nil
+		o.Status.NodeInfo = v1.NodeSystemInfo{}
+		o.Status.VolumesAttached, o.Status.VolumesInUse = nil, nil
 	}
 	return obj, nil
 }
