@@ -137,6 +137,9 @@ type env struct {
 
 func run(owner *cluster.Owner, o options) []*Result {
 	e := &env{o: o}
+	if _, err := netns.Root(owner).Run("ip", "link", "show", "swyb0"); err == nil {
+		owner.Fatalf("swyb0 exists: another bench is running (or one was killed: ip link del swyb0; ip netns list | grep swyb)")
+	}
 	e.underlay = netns.NewBridge(owner, "swyb-underlay")
 	e.underlay.Attach(owner, netns.Root(owner), "swyb0", subnet+".254/24")
 	logf("starting the control plane")
