@@ -104,6 +104,11 @@ func main() {
 	go func() {
 		<-sig
 		fmt.Fprintln(os.Stderr, "bench: interrupted; cleaning up")
+		phaseMu.Lock()
+		if phaseOwner != nil {
+			phaseOwner.Close()
+		}
+		phaseMu.Unlock()
 		owner.Close()
 		os.Exit(130)
 	}()
@@ -115,6 +120,13 @@ func main() {
 	}
 	printTable(os.Stdout, results)
 }
+
+// phaseOwner holds the running phase's node, pods and proxy, for an
+// interrupt to clean up.
+var (
+	phaseMu    sync.Mutex
+	phaseOwner *cluster.Owner
+)
 
 func fail(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
@@ -168,6 +180,9 @@ func run(owner *cluster.Owner, o options) []*Result {
 					Machine: machine(), Started: time.Now().UTC()}
 				results = append(results, r)
 				po := &cluster.Owner{}
+				phaseMu.Lock()
+				phaseOwner = po
+				phaseMu.Unlock()
 				if err := po.Catch(func() { e.phase(po, r) }); err != nil {
 					r.Error = err.Error()
 					logf("phase %s/%s/%d failed: %v", proxy, backend, size, err)

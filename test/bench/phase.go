@@ -64,9 +64,12 @@ type bnode struct {
 func (e *env) newNode(po *cluster.Owner, backend string) *bnode {
 	e.nodes++
 	n := &bnode{Node: netns.NewNodeOn(po, fmt.Sprintf("swyb-node-%d", e.nodes), e.underlay, nodeIP, subnet+".253")}
-	// Traffic to a ClusterIP no rule catches fails at once, not by timeout
-	// (and every such attempt gets its ICMP error: no rate limit).
-	n.MustRun("ip", "route", "add", "unreachable", cluster.ServiceCIDR)
+	// Traffic to a ClusterIP no rule catches fails at once, not by timeout:
+	// "prohibit" answers with an administratively-prohibited ICMP error,
+	// which TCP takes as fatal (a host-unreachable one it would only note,
+	// and retransmit the SYN a second later), and every such attempt gets
+	// its error (no rate limit).
+	n.MustRun("ip", "route", "add", "prohibit", cluster.ServiceCIDR)
 	n.MustRun("sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
 	for i := range 10 {
 		p := n.AddPod(po, serverIP(i))
