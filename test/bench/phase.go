@@ -64,13 +64,11 @@ type bnode struct {
 func (e *env) newNode(po *cluster.Owner, backend string) *bnode {
 	e.nodes++
 	n := &bnode{Node: netns.NewNodeOn(po, fmt.Sprintf("swyb-node-%d", e.nodes), e.underlay, nodeIP, subnet+".253")}
-	// Traffic to a ClusterIP no rule catches fails at once, not by timeout:
-	// "prohibit" answers with an administratively-prohibited ICMP error,
-	// which TCP takes as fatal (a host-unreachable one it would only note,
-	// and retransmit the SYN a second later), and every such attempt gets
-	// its error (no rate limit).
-	n.MustRun("ip", "route", "add", "prohibit", cluster.ServiceCIDR)
-	n.MustRun("sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
+	// A connection to a ClusterIP no rule catches is reset at once (DNATed
+	// traffic no longer has a Service address by FORWARD), so a probe
+	// fails in milliseconds: with no route, or an unreachable one, TCP
+	// would only give up after retransmitting its SYN a second later.
+	n.MustRun("iptables-"+backend, "-A", "FORWARD", "-d", cluster.ServiceCIDR, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
 	for i := range 10 {
 		p := n.AddPod(po, serverIP(i))
 		p.ServeTCP(po, ":8080", fmt.Sprintf("server-%d", i))
