@@ -165,11 +165,16 @@ func (e *env) startProxy(po *cluster.Owner, n *bnode, proxy, backend string) *cl
 }
 
 // reaches reports whether a new connection from the client to addr is
-// answered by want ("" for anyone).
+// answered by want ("" for anyone). The timeout is short on purpose: a SYN
+// refused with an ICMP error (a REJECT for a Service without endpoints) is
+// only retransmitted after a second, which would hide when the rules
+// changed; a connection inside one node completes in a few milliseconds.
 func (n *bnode) reaches(addr, want string) bool {
-	a, err := n.client.GetTCP(addr, time.Second)
+	a, err := n.client.GetTCP(addr, probeTimeout)
 	return err == nil && (want == "" || a.Server == want)
 }
+
+const probeTimeout = 100 * time.Millisecond
 
 // waitUntil polls cond every 5 ms until it holds or the deadline passes,
 // and returns the time it took (negative: deadline).
