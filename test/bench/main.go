@@ -71,7 +71,20 @@ func main() {
 	flag.StringVar(&o.tools, "tools", "test/e2e/tools/bin", "kube-apiserver, kube-controller-manager and kube-proxy")
 	flag.StringVar(&o.binary, "switchyard", "bin/switchyard", "the switchyard binary")
 	flag.StringVar(&o.logs, "logs", "_output/bench", "component logs")
+	report := flag.String("report", "", "only print the Markdown tables of this results file")
 	flag.Parse()
+	if *report != "" {
+		data, err := os.ReadFile(*report)
+		if err != nil {
+			fail("%v", err)
+		}
+		var results []*Result
+		if err := json.Unmarshal(data, &results); err != nil {
+			fail("%s: %v", *report, err)
+		}
+		printMarkdown(os.Stdout, results)
+		return
+	}
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {

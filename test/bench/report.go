@@ -66,6 +66,61 @@ var metrics = []metric{
 	{"peak RSS", func(r *Result) float64 { return r.PeakRSSMB }, num("%.0f MB"), true},
 }
 
+// printMarkdown writes the same comparison as Markdown tables.
+func printMarkdown(w io.Writer, results []*Result) {
+	type key struct {
+		size    int
+		backend string
+	}
+	var keys []key
+	by := map[key]map[string]*Result{}
+	for _, r := range results {
+		k := key{r.Services, r.Backend}
+		if by[k] == nil {
+			by[k] = map[string]*Result{}
+			keys = append(keys, k)
+		}
+		by[k][r.Proxy] = r
+	}
+	for _, k := range keys {
+		sy, kp := by[k]["switchyard"], by[k]["kube-proxy"]
+		fmt.Fprintf(w, "\n**%d Services x %d endpoints, %s**\n\n", k.size, firstOf(sy, kp).Endpoints, k.backend)
+		fmt.Fprintln(w, "| | switchyard | kube-proxy | switchyard better by |")
+		fmt.Fprintln(w, "| --- | --- | --- | --- |")
+		for _, m := range metrics {
+			a, b, ratio := cells(m, sy, kp)
+			fmt.Fprintf(w, "| %s | %s | %s | %s |\n", m.name, a, b, ratio)
+		}
+		for _, r := range []*Result{sy, kp} {
+			if r != nil && r.Error != "" {
+				fmt.Fprintf(w, "\n%s failed: %s\n", r.Proxy, r.Error)
+			}
+		}
+	}
+}
+
+// cells formats one metric for both proxies and the ratio.
+func cells(m metric, sy, kp *Result) (a, b, ratio string) {
+	a, b = "-", "-"
+	var va, vb float64
+	if sy != nil {
+		va = m.get(sy)
+		a = m.unit(va)
+	}
+	if kp != nil {
+		vb = m.get(kp)
+		b = m.unit(vb)
+	}
+	if sy != nil && kp != nil && va > 0 && vb > 0 {
+		if m.lowerIsBetter {
+			ratio = fmt.Sprintf("%.1fx", vb/va)
+		} else {
+			ratio = fmt.Sprintf("%.2fx", va/vb)
+		}
+	}
+	return a, b, ratio
+}
+
 // printTable prints, per size and backend, each metric for both proxies
 // and how many times better switchyard is.
 func printTable(w io.Writer, results []*Result) {
@@ -88,24 +143,7 @@ func printTable(w io.Writer, results []*Result) {
 		sy, kp := by[k]["switchyard"], by[k]["kube-proxy"]
 		fmt.Fprintf(tw, "\n%d Services x %d endpoints, %s\tswitchyard\tkube-proxy\tswitchyard better by\n", k.size, firstOf(sy, kp).Endpoints, k.backend)
 		for _, m := range metrics {
-			a, b := "-", "-"
-			ratio := ""
-			var va, vb float64
-			if sy != nil {
-				va = m.get(sy)
-				a = m.unit(va)
-			}
-			if kp != nil {
-				vb = m.get(kp)
-				b = m.unit(vb)
-			}
-			if sy != nil && kp != nil && va > 0 && vb > 0 {
-				if m.lowerIsBetter {
-					ratio = fmt.Sprintf("%.1fx", vb/va)
-				} else {
-					ratio = fmt.Sprintf("%.2fx", va/vb)
-				}
-			}
+			a, b, ratio := cells(m, sy, kp)
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", m.name, a, b, ratio)
 		}
 		for _, r := range []*Result{sy, kp} {
