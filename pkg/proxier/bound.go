@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"net/netip"
 	"slices"
 	"sort"
 
@@ -112,12 +113,21 @@ func boundedTarget(prev, next *Snapshot, maxRules int) (*Snapshot, int) {
 	for n, e := range prev.Endpoints {
 		out.Endpoints[n] = e
 	}
-	used, taken := 0, 0
+	// A deleted Service's address may already belong to a new one: the
+	// deletion then goes with the addition, so the old rules never shadow
+	// the new ones.
+	deletedAt := map[netip.Addr][]ServicePortName{}
 	for _, c := range changes {
-		// Always make progress, even past the bound, by one change.
-		if taken > 0 && used+c.cost > maxRules {
-			break
+		if c.class == changeDelete {
+			for _, a := range prev.Services[c.name].ClusterIPs {
+				deletedAt[a] = append(deletedAt[a], c.name)
+			}
 		}
+	}
+	done := map[ServicePortName]bool{}
+	used, taken := 0, 0
+	apply := func(c pendingChange) {
+		done[c.name] = true
 		used += c.cost
 		taken++
 		if svc, ok := next.Services[c.name]; ok {
@@ -130,6 +140,25 @@ func boundedTarget(prev, next *Snapshot, maxRules int) (*Snapshot, int) {
 		} else {
 			delete(out.Services, c.name)
 			delete(out.Endpoints, c.name)
+		}
+	}
+	for _, c := range changes {
+		if done[c.name] {
+			continue
+		}
+		// Always make progress, even past the bound, by one change.
+		if taken > 0 && used+c.cost > maxRules {
+			break
+		}
+		apply(c)
+		if svc := next.Services[c.name]; svc != nil {
+			for _, a := range svc.ClusterIPs {
+				for _, d := range deletedAt[a] {
+					if !done[d] {
+						apply(pendingChange{name: d, class: changeDelete, cost: portCost(prev.Services[d], prev.Endpoints[d])})
+					}
+				}
+			}
 		}
 	}
 	return out, len(changes) - taken

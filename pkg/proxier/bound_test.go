@@ -185,3 +185,32 @@ func TestChunkedFullSyncStepsThroughConsistentStates(t *testing.T) {
 		t.Errorf("after a chunked full sync the rules differ from a single full sync's:\n%s\n----\n%s", got, want)
 	}
 }
+
+// A new Service that got the address of a Service whose deletion is still
+// queued takes it over in the first bounded step: the deletion goes with it.
+func TestBoundedSyncsMoveAReusedAddressAtOnce(t *testing.T) {
+	ctx := context.Background()
+	cfg := proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}
+	host := iptables.NewFake()
+	s := proxier.NewSyncer(cfg, host)
+	s.MaxRestoreRules = 40 // svc-000 (unchanged, but a new object: an update) and zz-new fit
+	if _, err := s.Sync(ctx, boundSnapshot(svcNames(0, 40), 0)); err != nil {
+		t.Fatal(err)
+	}
+	// Everything but svc-000 goes; "zz-new" (last in name order) takes
+	// svc-039's address.
+	after := boundSnapshot(svcNames(0, 1), 0)
+	name := proxier.ServicePortName{Namespace: "b", Name: "zz-new", Port: "http", Protocol: v1.ProtocolTCP}
+	after.Services[name] = &proxier.ServicePort{Name: name, Port: 80, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.39")}}
+	after.Endpoints[name] = []proxier.Endpoint{{Addr: netip.MustParseAddr("10.244.7.7"), Port: 9999, Ready: true, Serving: true}}
+	res, err := s.Sync(ctx, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Pending == 0 {
+		t.Fatalf("the change fit in one step; the test needs it bounded")
+	}
+	if got := reached(host.Snapshot(), 39); got != "10.244.7.7:9999" {
+		t.Errorf("after the first bounded step 10.96.0.39 reaches %s, want the new Service's 10.244.7.7:9999", got)
+	}
+}
