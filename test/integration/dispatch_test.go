@@ -36,10 +36,14 @@ func treeSnapshot(n int, pods []string) *proxier.Snapshot {
 
 // TestRealPacketsThroughDispatchTree programs 400 Services with dispatch
 // leaves of four rules, so every packet crosses a tree of chains, through a
-// real syncer on each backend, and checks with real connections that every
-// sampled ClusterIP and NodePort reaches its own endpoint, that a Service
-// without endpoints refuses, and that a Service added later (a partial sync
-// that rewrites one leaf) answers.
+// real syncer on each backend with restores bounded to 300 rules (so the
+// first sync runs as a dozen chunked restores), and checks with real
+// connections that every sampled ClusterIP and NodePort reaches its own
+// endpoint, that a Service without endpoints refuses, and that a Service
+// added later (a partial sync that rewrites one leaf) answers. Then a
+// restarted syncer rewrites everything in chunks, and every Service moves
+// to its other endpoint, in bounded steps, while a client keeps connecting
+// through one Service: no request may fail.
 func TestRealPacketsThroughDispatchTree(t *testing.T) {
 	netns.RequireRoot(t, "iptables-legacy-restore", "iptables-nft-restore")
 	for _, backend := range backends {
@@ -53,8 +57,9 @@ func TestRealPacketsThroughDispatchTree(t *testing.T) {
 			c := cfg()
 			c.DispatchLeafSize = 4
 			var syncer *proxier.Syncer
-			sync := func(snap *proxier.Snapshot) {
+			sync := func(snap *proxier.Snapshot) proxier.SyncResult {
 				t.Helper()
+				var res proxier.SyncResult
 				err := node.Do(func() error {
 					if syncer == nil {
 						r, err := iptables.NewRunner(context.Background(), iptables.IPv4, backend)
@@ -62,15 +67,20 @@ func TestRealPacketsThroughDispatchTree(t *testing.T) {
 							return err
 						}
 						syncer = proxier.NewSyncer(c, r)
+						syncer.MaxRestoreRules = 300
 					}
-					_, err := syncer.Sync(context.Background(), snap)
+					var err error
+					res, err = syncer.Sync(context.Background(), snap)
 					return err
 				})
 				if err != nil {
 					t.Fatal(err)
 				}
+				return res
 			}
-			sync(snap)
+			if res := sync(snap); res.Restores < 5 {
+				t.Errorf("first sync of 400 Services in %d restores; want several bounded ones", res.Restores)
+			}
 			if n := len(syncer.Rules().Table("nat").Chains); n < 100 {
 				t.Fatalf("only %d nat chains: the dispatch is not a tree", n)
 			}
@@ -97,6 +107,42 @@ func TestRealPacketsThroughDispatchTree(t *testing.T) {
 			sync(snap)
 			if a, err := client.GetTCP("10.96.200.200:80", 3*time.Second); err != nil || a.Server != "pod1" {
 				t.Errorf("Service added by a partial sync: answer %+v, err %v", a, err)
+			}
+
+			// Restart (a new syncer: a chunked full sync over live rules),
+			// then every Service swaps endpoints (bounded partial syncs),
+			// under load.
+			load := netns.StartLoad(1000000, func() error {
+				_, err := client.GetTCP("10.96.200.200:80", 2*time.Second)
+				return err
+			})
+			syncer = nil
+			if res := sync(snap); !res.Full || res.Restores < 5 {
+				t.Errorf("restart: full=%v in %d restores; want a full sync in several bounded restores", res.Full, res.Restores)
+			}
+			swapped := treeSnapshot(400, []string{pods[1].IP, pods[0].IP})
+			swapped.Services[name], swapped.Endpoints[name] = snap.Services[name], snap.Endpoints[name]
+			steps := 1
+			for res := sync(swapped); res.Pending > 0; res = sync(swapped) {
+				if steps++; steps > 100 {
+					t.Fatalf("bounded syncs did not finish in 100 steps")
+				}
+			}
+			if steps < 3 {
+				t.Errorf("the swap of 400 Services took %d syncs; with a bound of 300 rules it needs several", steps)
+			}
+			requests, failures, firstErr := load.Stop()
+			if failures > 0 || requests < 50 {
+				t.Errorf("under restart and bounded syncs: %d of %d requests failed: %v", failures, requests, firstErr)
+			}
+			for i := 1; i < 400; i += 37 {
+				if i%7 == 0 {
+					continue
+				}
+				want := fmt.Sprintf("pod%d", (i+1)%2)
+				if a, err := client.GetTCP(fmt.Sprintf("%s:%d", node.IP, 30000+i), 3*time.Second); err != nil || a.Server != want {
+					t.Errorf("after the swap, NodePort %d: answer %+v, err %v; want %s", 30000+i, a, err, want)
+				}
 			}
 		})
 	}
