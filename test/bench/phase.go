@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -160,8 +161,16 @@ func (e *env) startProxy(po *cluster.Owner, n *bnode, proxy, backend string) *cl
 	if err != nil {
 		po.Fatalf("%v", err)
 	}
-	po.Cleanup(func() { _ = p.Stop(30 * time.Second) })
+	po.Cleanup(func() { stopProxy(p) })
 	return p
+}
+
+// stopProxy stops the proxy and then everything left in its process group:
+// an iptables-restore it started keeps running after it exits, and would
+// load the machine during the next phase.
+func stopProxy(p *cluster.Process) {
+	_ = p.Stop(30 * time.Second)
+	_ = syscall.Kill(-p.Pid(), syscall.SIGKILL)
 }
 
 // reaches reports whether a new connection from the client to addr is
@@ -236,7 +245,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		}
 		r.ConnRateHandful = n.connRate(probe, 5*time.Second)
 		logf("  %.0f connections/s with a handful of Services", r.ConnRateHandful)
-		_ = p.Stop(30 * time.Second)
+		stopProxy(p)
 	}
 
 	start := time.Now()
@@ -370,7 +379,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	logf("  mass delete %s (%d restores, longest %s); a change meanwhile took %s",
 		fmtSec(r.MassDeleteTotal), r.MassDeleteRestores, fmtSec(r.MassDeleteLongest), fmtSec(r.ChangeDuringDelete))
 	r.PeakRSSMB = max(r.PeakRSSMB, peakRSS(pid))
-	_ = p.Stop(30 * time.Second)
+	stopProxy(p)
 	e.waitNamespaceGone(po, ns)
 }
 
