@@ -251,6 +251,14 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	start := time.Now()
 	ns, ips := e.load(po, r.Services)
 	r.LoadSeconds = time.Since(start).Seconds()
+	// However the phase ends, the next one starts without these Services.
+	deleted := false
+	defer func() {
+		if !deleted {
+			_ = e.client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+		}
+		e.waitNamespaceGone(po, ns)
+	}()
 
 	n := e.newNode(po, r.Backend)
 	p := e.startProxy(po, n, r.Proxy, r.Backend)
@@ -344,6 +352,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	if err := e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 		po.Fatalf("deleting %s: %v", ns, err)
 	}
+	deleted = true
 	var during float64 = -1
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -380,7 +389,6 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		fmtSec(r.MassDeleteTotal), r.MassDeleteRestores, fmtSec(r.MassDeleteLongest), fmtSec(r.ChangeDuringDelete))
 	r.PeakRSSMB = max(r.PeakRSSMB, peakRSS(pid))
 	stopProxy(p)
-	e.waitNamespaceGone(po, ns)
 }
 
 func (e *env) clusterIP(po *cluster.Owner, ns, name string) string {
