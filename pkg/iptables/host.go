@@ -67,7 +67,8 @@ type Interface interface {
 	// Save returns iptables-save output of one table.
 	Save(ctx context.Context, table string) ([]byte, error)
 	// EnsureJumps makes each jump present in its built-in chain; jumps are
-	// kept first in their chain, in the order given.
+	// kept first in their chain, in the order given. The target chains
+	// must exist.
 	EnsureJumps(ctx context.Context, jumps []Jump) error
 	// Present reports whether the chains exist and the jumps are in place.
 	Present(ctx context.Context, chains map[string][]string, jumps []Jump) (bool, error)
@@ -271,17 +272,12 @@ func (r *Runner) EnsureJumps(ctx context.Context, jumps []Jump) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var errs []error
+	// The targets are ours and exist: the restore before this call
+	// declares every top-level chain. Not checking them one by one halves
+	// the iptables calls (each loads the whole table on legacy); a missing
+	// target fails the insert, and the next, full, sync creates it.
 	for i := len(jumps) - 1; i >= 0; i-- {
 		j := jumps[i]
-		if ok, err := r.ipt.ChainExists(j.Table, j.Target); err != nil {
-			errs = append(errs, err)
-			continue
-		} else if !ok {
-			if err := r.ipt.NewChain(j.Table, j.Target); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-		}
 		exists, err := r.ipt.Exists(j.Table, j.Chain, j.Args()...)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("checking jump %s/%s -> %s: %w", j.Table, j.Chain, j.Target, err))

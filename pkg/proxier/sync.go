@@ -304,11 +304,21 @@ func (s *Syncer) Check(ctx context.Context) (bool, error) {
 	if rules == nil {
 		return false, nil
 	}
-	ok, err := s.Host.Present(ctx, TopLevelChains(), rules.Jumps)
+	// The canaries and the jumps are enough: a flushed or rewritten table
+	// loses its canary, and a top-level chain cannot go while something
+	// jumps to it. Every chain checked is an iptables call, and on legacy
+	// each call loads the whole table (about half a second at 10,000
+	// Services), so the check asks for no more than it needs.
+	ok, err := s.Host.Present(ctx, canaries(), rules.Jumps)
 	if err != nil || !ok {
 		s.ForceFull()
 	}
 	return ok, err
+}
+
+// canaries are the chains Check looks for, per table.
+func canaries() map[string][]string {
+	return map[string][]string{TableNAT: {ChainCanary}, TableFilter: {ChainCanary}}
 }
 
 // hostState reads the host's tables: every chain, the rules in each, the
