@@ -135,8 +135,10 @@ func chunkedFullRestore(r *Rules, h hostTables, max int, emit func([]byte) error
 	for _, n := range names {
 		pr := r.ports[n]
 		size := 0
-		for _, ch := range append(slices.Clone(pr.nat), pr.filter...) {
-			size += len(ch.Rules) + 1
+		for _, chains := range [][]Chain{pr.nat, pr.filter} {
+			for _, ch := range chains {
+				size += len(ch.Rules) + 1
+			}
 		}
 		c.group(size, func(c *chunker) {
 			for _, ch := range pr.nat {

@@ -68,23 +68,9 @@ var metrics = []metric{
 
 // printMarkdown writes the same comparison as Markdown tables.
 func printMarkdown(w io.Writer, results []*Result) {
-	type key struct {
-		size    int
-		backend string
-	}
-	var keys []key
-	by := map[key]map[string]*Result{}
-	for _, r := range results {
-		k := key{r.Services, r.Backend}
-		if by[k] == nil {
-			by[k] = map[string]*Result{}
-			keys = append(keys, k)
-		}
-		by[k][r.Proxy] = r
-	}
-	for _, k := range keys {
-		sy, kp := by[k]["switchyard"], by[k]["kube-proxy"]
-		fmt.Fprintf(w, "\n**%d Services x %d endpoints, %s**\n\n", k.size, firstOf(sy, kp).Endpoints, k.backend)
+	for _, g := range groups(results) {
+		sy, kp := g.proxies["switchyard"], g.proxies["kube-proxy"]
+		fmt.Fprintf(w, "\n**%d Services x %d endpoints, %s**\n\n", g.size, firstOf(sy, kp).Endpoints, g.backend)
 		fmt.Fprintln(w, "| | switchyard | kube-proxy | switchyard better by |")
 		fmt.Fprintln(w, "| --- | --- | --- | --- |")
 		for _, m := range metrics {
@@ -124,24 +110,10 @@ func cells(m metric, sy, kp *Result) (a, b, ratio string) {
 // printTable prints, per size and backend, each metric for both proxies
 // and how many times better switchyard is.
 func printTable(w io.Writer, results []*Result) {
-	type key struct {
-		size    int
-		backend string
-	}
-	var keys []key
-	by := map[key]map[string]*Result{}
-	for _, r := range results {
-		k := key{r.Services, r.Backend}
-		if by[k] == nil {
-			by[k] = map[string]*Result{}
-			keys = append(keys, k)
-		}
-		by[k][r.Proxy] = r
-	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	for _, k := range keys {
-		sy, kp := by[k]["switchyard"], by[k]["kube-proxy"]
-		fmt.Fprintf(tw, "\n%d Services x %d endpoints, %s\tswitchyard\tkube-proxy\tswitchyard better by\n", k.size, firstOf(sy, kp).Endpoints, k.backend)
+	for _, g := range groups(results) {
+		sy, kp := g.proxies["switchyard"], g.proxies["kube-proxy"]
+		fmt.Fprintf(tw, "\n%d Services x %d endpoints, %s\tswitchyard\tkube-proxy\tswitchyard better by\n", g.size, firstOf(sy, kp).Endpoints, g.backend)
 		for _, m := range metrics {
 			a, b, ratio := cells(m, sy, kp)
 			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", m.name, a, b, ratio)
@@ -162,4 +134,28 @@ func firstOf(rs ...*Result) *Result {
 		}
 	}
 	return &Result{}
+}
+
+// group is one size and backend, with each proxy's result.
+type group struct {
+	size    int
+	backend string
+	proxies map[string]*Result
+}
+
+// groups collects results by size and backend, in the order they ran.
+func groups(results []*Result) []*group {
+	var out []*group
+	index := map[[2]string]*group{}
+	for _, r := range results {
+		k := [2]string{fmt.Sprint(r.Services), r.Backend}
+		g := index[k]
+		if g == nil {
+			g = &group{size: r.Services, backend: r.Backend, proxies: map[string]*Result{}}
+			index[k] = g
+			out = append(out, g)
+		}
+		g.proxies[r.Proxy] = r
+	}
+	return out
 }
