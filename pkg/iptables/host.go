@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -268,23 +269,30 @@ func (r *Runner) SaveTables(ctx context.Context, tables ...string) ([]byte, erro
 // EnsureJumps inserts missing jumps at the top of their chains. Jumps are
 // visited last-first, so that inserting each at position 1 leaves them in
 // the given order.
+//
+// Each built-in chain is listed once (iptables -S CHAIN) rather than each
+// jump checked with -C: on legacy every iptables call loads the whole
+// table, about half a second at 10,000 Services, so the calls are what
+// costs. The targets are ours and exist (the restore before this call
+// declares every top-level chain); a missing target fails the insert, and
+// the next, full, sync creates it.
 func (r *Runner) EnsureJumps(ctx context.Context, jumps []Jump) error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	var errs []error
-	// The targets are ours and exist: the restore before this call
-	// declares every top-level chain. Not checking them one by one halves
-	// the iptables calls (each loads the whole table on legacy); a missing
-	// target fails the insert, and the next, full, sync creates it.
-	for i := len(jumps) - 1; i >= 0; i-- {
-		j := jumps[i]
-		exists, err := r.ipt.Exists(j.Table, j.Chain, j.Args()...)
+	for _, g := range groupJumps(jumps) {
+		have, err := r.listChain(g.table, g.chain)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("checking jump %s/%s -> %s: %w", j.Table, j.Chain, j.Target, err))
+			errs = append(errs, fmt.Errorf("listing %s/%s: %w", g.table, g.chain, err))
 			continue
 		}
-		if !exists {
-			if err := r.ipt.Insert(j.Table, j.Chain, 1, j.Args()...); err != nil {
+		for i := len(g.jumps) - 1; i >= 0; i-- {
+			j := g.jumps[i]
+			if hasJump(have, j) {
+				continue
+			}
+			r.mu.Lock()
+			err := r.ipt.Insert(j.Table, j.Chain, 1, j.Args()...)
+			r.mu.Unlock()
+			if err != nil {
 				errs = append(errs, fmt.Errorf("inserting jump %s/%s -> %s: %w", j.Table, j.Chain, j.Target, err))
 			}
 		}
@@ -292,25 +300,87 @@ func (r *Runner) EnsureJumps(ctx context.Context, jumps []Jump) error {
 	return errors.Join(errs...)
 }
 
-// Present checks that the given chains exist and the jumps are in place.
+// Present reports whether the chains exist and every jump is in place: one
+// call per chain asked for, and one listing per built-in chain.
 func (r *Runner) Present(ctx context.Context, chains map[string][]string, jumps []Jump) (bool, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	for table, names := range chains {
 		for _, c := range names {
+			r.mu.Lock()
 			ok, err := r.ipt.ChainExists(table, c)
+			r.mu.Unlock()
 			if err != nil || !ok {
 				return false, err
 			}
 		}
 	}
-	for _, j := range jumps {
-		ok, err := r.ipt.Exists(j.Table, j.Chain, j.Args()...)
-		if err != nil || !ok {
-			return false, err
+	for _, g := range groupJumps(jumps) {
+		have, err := r.listChain(g.table, g.chain)
+		if err != nil {
+			return false, fmt.Errorf("listing %s/%s: %w", g.table, g.chain, err)
+		}
+		for _, j := range g.jumps {
+			if !hasJump(have, j) {
+				return false, nil
+			}
 		}
 	}
 	return true, nil
+}
+
+// listChain returns the rules of one chain as iptables -S prints them, each
+// split into arguments (quotes removed). The lock is held per call, so a
+// restore waits for at most one listing.
+func (r *Runner) listChain(table, chain string) ([][]string, error) {
+	r.mu.Lock()
+	lines, err := r.ipt.List(table, chain)
+	r.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	var rules [][]string
+	for _, l := range lines {
+		toks, err := tokenize(l)
+		if err != nil || len(toks) < 2 || toks[0].text != "-A" {
+			continue // the policy line, or nothing we could have written
+		}
+		args := make([]string, 0, len(toks)-2)
+		for _, t := range toks[2:] {
+			args = append(args, t.text)
+		}
+		rules = append(rules, args)
+	}
+	return rules, nil
+}
+
+// hasJump reports whether a listed chain holds the jump exactly.
+func hasJump(rules [][]string, j Jump) bool {
+	want := j.Args()
+	for _, r := range rules {
+		if slices.Equal(r, want) {
+			return true
+		}
+	}
+	return false
+}
+
+type jumpGroup struct {
+	table, chain string
+	jumps        []Jump
+}
+
+// groupJumps groups jumps by their built-in chain, keeping the order of
+// first appearance and, within a chain, the given order.
+func groupJumps(jumps []Jump) []jumpGroup {
+	var groups []jumpGroup
+	for _, j := range jumps {
+		i := slices.IndexFunc(groups, func(g jumpGroup) bool { return g.table == j.Table && g.chain == j.Chain })
+		if i < 0 {
+			groups = append(groups, jumpGroup{table: j.Table, chain: j.Chain})
+			i = len(groups) - 1
+		}
+		groups[i].jumps = append(groups[i].jumps, j)
+	}
+	return groups
 }
 
 // DryRun logs what it would apply and applies nothing. Save returns empty

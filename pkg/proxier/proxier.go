@@ -195,6 +195,9 @@ func (p *Proxier) syncOnce(ctx context.Context) (more bool, _ error) {
 // not, or when the last full sync is older than FullSyncPeriod).
 func (p *Proxier) Run(ctx context.Context) {
 	logger := klog.FromContext(ctx)
+	checkDone := make(chan struct{})
+	go func() { defer close(checkDone); p.checkLoop(ctx) }()
+	defer func() { <-checkDone }()
 	ticker := time.NewTicker(p.cfg.SyncPeriod)
 	defer ticker.Stop()
 	var lastStart time.Time
@@ -241,13 +244,6 @@ func (p *Proxier) Run(ctx context.Context) {
 				if time.Since(s.LastFull()) > p.cfg.FullSyncPeriod {
 					s.ForceFull()
 					pending = true
-					continue
-				}
-				ok, err := s.Check(ctx)
-				if err != nil || !ok {
-					logger.Info("Rules are not intact; running a full sync", "family", s.Config.Family, "err", err)
-					p.markPending()
-					pending = true
 				}
 			}
 			if _, err, _ := p.Status(); err != nil {
@@ -268,4 +264,36 @@ func nextBackoff(cur, limit time.Duration) time.Duration {
 		cur = limit
 	}
 	return cur
+}
+
+// checkLoop checks every SyncPeriod that the rules of the last sync are
+// still on the host, and asks for a full sync when they are not. It runs
+// beside the sync loop, not in it: on legacy each of the check's iptables
+// calls loads the whole table (seconds at 10,000 Services in all), and
+// changes must not wait behind it. Its calls take the runner's lock one at
+// a time, so a restore waits for at most one of them.
+func (p *Proxier) checkLoop(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	ticker := time.NewTicker(p.cfg.SyncPeriod)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		for _, s := range p.syncers {
+			if s.Rules() == nil {
+				continue // not synced yet, or a full sync is already due
+			}
+			ok, err := s.Check(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil || !ok {
+				logger.Info("Rules are not intact; running a full sync", "family", s.Config.Family, "err", err)
+				p.RequestSync()
+			}
+		}
+	}
 }

@@ -299,19 +299,27 @@ func (s *Syncer) jumpsKnownGood(rules *Rules) bool {
 // the next sync is made full.
 func (s *Syncer) Check(ctx context.Context) (bool, error) {
 	s.mu.Lock()
-	rules := s.rules
+	rules, lastFull := s.rules, s.lastFull
 	s.mu.Unlock()
 	if rules == nil {
 		return false, nil
 	}
 	// The canaries and the jumps are enough: a flushed or rewritten table
 	// loses its canary, and a top-level chain cannot go while something
-	// jumps to it. Every chain checked is an iptables call, and on legacy
-	// each call loads the whole table (about half a second at 10,000
-	// Services), so the check asks for no more than it needs.
+	// jumps to it. On legacy every iptables call loads the whole table
+	// (about half a second at 10,000 Services), so the check asks for one
+	// chain per table and lists each built-in chain once: 8 calls.
 	ok, err := s.Host.Present(ctx, canaries(), rules.Jumps)
 	if err != nil || !ok {
-		s.ForceFull()
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if !s.lastFull.Equal(lastFull) {
+			// The check ran beside a full sync, which wrote everything
+			// afresh: what it saw missing may have been mid-repair. The
+			// next check looks again.
+			return true, nil
+		}
+		s.applied = nil
 	}
 	return ok, err
 }

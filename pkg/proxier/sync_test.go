@@ -390,6 +390,53 @@ func TestHungRestoreIsAbandonedAndRetried(t *testing.T) {
 	}
 }
 
+// slowCheckHost is a host whose integrity checks block until released, as
+// a check on legacy at 10,000 Services takes seconds.
+type slowCheckHost struct {
+	*iptables.Fake
+	checking chan struct{}
+	release  chan struct{}
+}
+
+func (h *slowCheckHost) Present(ctx context.Context, chains map[string][]string, jumps []iptables.Jump) (bool, error) {
+	select {
+	case h.checking <- struct{}{}:
+	default:
+	}
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+	}
+	return h.Fake.Present(ctx, chains, jumps)
+}
+
+// The integrity check runs beside the sync loop: a change made while a
+// check is under way is programmed without waiting for it.
+func TestChangesDoNotWaitForTheIntegrityCheck(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	host := &slowCheckHost{Fake: iptables.NewFake(), checking: make(chan struct{}, 1), release: make(chan struct{})}
+	src := &fixedSource{snap: NewSnapshot()}
+	p := New(LoopConfig{MinSyncPeriod: 10 * time.Millisecond, SyncPeriod: 50 * time.Millisecond}, src, NewSyncer(defaultConfig(), host))
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-host.checking:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no integrity check started")
+	}
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	src.set(snap)
+	p.RequestSync()
+	web := ServiceChainName(spn("web", "http"))
+	wait.For(t, "a change programmed while the check is blocked", 10*time.Second, func() bool {
+		return len(host.Snapshot().ChainNames(TableNAT, web)) == 1
+	})
+	close(host.release)
+}
+
 func TestServiceWithTenThousandEndpointsIsProgrammed(t *testing.T) {
 	snap := NewSnapshot()
 	n := addService(snap, "huge", "10.96.0.10", 0)

@@ -247,6 +247,28 @@ func TestRealIptablesSyncsLeaveExactlyTheExpectedChains(t *testing.T) {
 				if ok, _ := restarted.Check(ctx); !ok {
 					t.Error("full sync did not restore the jumps")
 				}
+				// Someone deletes one jump with extra matches from the
+				// middle of filter INPUT: the check notices it, and the
+				// repair inserts it once, leaving the others alone.
+				del := exec.Command(map[iptables.Backend]string{iptables.BackendLegacy: "iptables-legacy", iptables.BackendNFT: "iptables-nft"}[backend],
+					"-t", "filter", "-D", "INPUT", "-m", "conntrack", "--ctstate", "NEW",
+					"-m", "comment", "--comment", "switchyard load balancer firewall", "-j", "SWY-PROXY-FIREWALL")
+				if out, err := del.CombinedOutput(); err != nil {
+					t.Fatalf("deleting a jump: %v: %s", err, out)
+				}
+				if ok, _ := restarted.Check(ctx); ok {
+					t.Error("check missed a deleted filter INPUT jump")
+				}
+				if _, err := restarted.Sync(ctx, snap); err != nil {
+					t.Fatal(err)
+				}
+				if _, jumps := hostChains(t, r); strings.Join(jumps, ",") != strings.Join(wantJumps(), ",") {
+					t.Errorf("after repairing one jump: jumps %v, want %v", jumps, wantJumps())
+				}
+				if ok, err := restarted.Check(ctx); !ok || err != nil {
+					t.Errorf("check after repairing one jump: %v %v", ok, err)
+				}
+
 				// Put kube-proxy's jump back as it was (we flushed it above).
 				if err := r.Restore(ctx, []byte("*nat\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n")); err != nil {
 					return err
