@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -278,4 +279,66 @@ func chainRules(r *Rules, table, chain string) []string {
 		}
 	}
 	return nil
+}
+
+// Above LargeClusterEndpoints endpoints the per-endpoint rules lose their
+// comments (as in kube-proxy's large cluster mode), packets fare exactly as
+// before, the Service's own rules keep theirs, and the trace still names it.
+func TestLargeClusterDropsEndpointCommentsOnly(t *testing.T) {
+	build := func(services int) *Snapshot {
+		snap := NewSnapshot()
+		for i := 0; i < services; i++ {
+			addService(snap, fmt.Sprintf("web%d", i), fmt.Sprintf("10.96.%d.%d", i/200, i%200+10), 10)
+		}
+		return snap
+	}
+	small, large := build(LargeClusterEndpoints/10), build(LargeClusterEndpoints/10+1)
+	n := spn("web7", "http")
+	vip := "10.96.0.17:80"
+	commented := func(snap *Snapshot) (svcJumps, seps int) {
+		rules := Render(snap, defaultConfig())
+		for _, r := range chainRules(rules, TableNAT, ServiceChainName(n)) {
+			if strings.Contains(r, "-j "+sepChainPrefix) && strings.Contains(r, "--comment") {
+				svcJumps++
+			}
+		}
+		for _, ep := range snap.Endpoints[n] {
+			for _, r := range chainRules(rules, TableNAT, EndpointChainName(n, ep)) {
+				if strings.Contains(r, "--comment") {
+					seps++
+				}
+			}
+		}
+		return svcJumps, seps
+	}
+	if j, s := commented(small); j != 10 || s != 20 {
+		t.Errorf("at %d endpoints: %d commented endpoint jumps, %d commented endpoint rules; want 10 and 20", LargeClusterEndpoints, j, s)
+	}
+	if j, s := commented(large); j != 0 || s != 0 {
+		t.Errorf("above %d endpoints: %d commented endpoint jumps, %d commented endpoint rules; want none", LargeClusterEndpoints, j, s)
+	}
+	trSmall := tracePacket(t, small, defaultConfig(), otherPod, vip, "tcp")
+	trLarge := tracePacket(t, large, defaultConfig(), otherPod, vip, "tcp")
+	if !reflect.DeepEqual(trSmall.Endpoints(), trLarge.Endpoints()) || len(trLarge.Endpoints()) != 10 {
+		t.Errorf("endpoints differ: %v and %v", trSmall.Endpoints(), trLarge.Endpoints())
+	}
+	if !strings.Contains(trLarge.Summary(), n.String()) {
+		t.Errorf("the trace no longer names the Service:\n%s", trLarge.Summary())
+	}
+	// Hairpin: an endpoint reaching itself is still masqueraded.
+	self := small.Endpoints[n][0].Addr
+	for _, snap := range []*Snapshot{small, large} {
+		hairpins := 0
+		for _, o := range tracePacket(t, snap, defaultConfig(), self, vip, "tcp").Outcomes {
+			if o.DNAT == netip.AddrPortFrom(self, 8080).String() {
+				hairpins++
+				if !o.Masquerade {
+					t.Errorf("hairpin to %s not masqueraded", self)
+				}
+			}
+		}
+		if hairpins != 1 {
+			t.Errorf("%d outcomes send %s to itself, want 1", hairpins, self)
+		}
+	}
 }

@@ -72,6 +72,11 @@ type RenderConfig struct {
 	// becomes a tree (see dispatch.go); 0 means DefaultDispatchLeafSize.
 	// Tests set it small to put every shape through the tree.
 	DispatchLeafSize int
+
+	// largeCluster is set by the renderer when the snapshot has more than
+	// LargeClusterEndpoints endpoints of the family; being part of the
+	// config, it is part of the renderer's cache key.
+	largeCluster bool
 }
 
 // Local-traffic detection modes, as kube-proxy's --detect-local-mode.
@@ -390,6 +395,7 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 		out.filter[c] = nil
 	}
 
+	cfg.largeCluster = countEndpoints(snap, cfg.Family) > LargeClusterEndpoints
 	// What every Service port's rules depend on besides its own objects.
 	key := fmt.Sprintf("%+v|", cfg) + nodeKey(snap.Node)
 	if key != r.key || r.cache == nil {

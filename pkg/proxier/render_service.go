@@ -298,10 +298,10 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 	usesClusterChain := len(sets.cluster) > 0 && usesCluster
 	usesLocalChain := len(sets.local) > 0 && usesLocal
 	if usesClusterChain {
-		writeEndpointRules(out, svcChain, svc, sets.cluster)
+		writeEndpointRules(out, cfg, svcChain, svc, sets.cluster)
 	}
 	if usesLocalChain {
-		writeEndpointRules(out, svlChain, svc, sets.local)
+		writeEndpointRules(out, cfg, svlChain, svc, sets.local)
 	}
 	seen := map[string]bool{}
 	for _, ep := range append(append([]Endpoint{}, sets.cluster...), sets.local...) {
@@ -311,8 +311,8 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 		}
 		seen[sep] = true
 		p := protoLower(proto)
-		out.natRule(sep, ruleBuilder{"-s", hostPrefix(ep.Addr)}.add(comment(str)...).add("-j", ChainMarkMasq))
-		dnat := ruleBuilder{"-p", p}.add(comment(str)...)
+		out.natRule(sep, ruleBuilder{"-s", hostPrefix(ep.Addr)}.add(endpointComment(cfg, str)...).add("-j", ChainMarkMasq))
+		dnat := ruleBuilder{"-p", p}.add(endpointComment(cfg, str)...)
 		if svc.AffinityTimeout > 0 {
 			dnat = dnat.add("-m", "recent", "--name", sep, "--set")
 		}
@@ -333,7 +333,7 @@ func hasUsable(all []Endpoint, family v1.IPFamily) bool {
 
 // writeEndpointRules fills a policy chain (SVC or SVL): affinity checks,
 // then one rule per endpoint with probability 1/(n-i).
-func writeEndpointRules(out *output, chain string, svc *ServicePort, eps []Endpoint) {
+func writeEndpointRules(out *output, cfg RenderConfig, chain string, svc *ServicePort, eps []Endpoint) {
 	str := svc.Name.String()
 	if _, ok := out.nat[chain]; !ok {
 		out.natChain(chain, nil)
@@ -341,15 +341,47 @@ func writeEndpointRules(out *output, chain string, svc *ServicePort, eps []Endpo
 	if svc.AffinityTimeout > 0 {
 		for _, ep := range eps {
 			sep := EndpointChainName(svc.Name, ep)
-			out.natRule(chain, comment(str+" -> "+ep.String()).add("-m", "recent", "--name", sep, "--rcheck",
+			out.natRule(chain, endpointComment(cfg, str+" -> "+ep.String()).add("-m", "recent", "--name", sep, "--rcheck",
 				"--seconds", fmt.Sprint(svc.AffinityTimeout), "--reap", "-j", sep))
 		}
 	}
 	for i, ep := range eps {
-		r := comment(str + " -> " + ep.String())
+		r := endpointComment(cfg, str+" -> "+ep.String())
 		if left := len(eps) - i; left > 1 {
 			r = r.add("-m", "statistic", "--mode", "random", "--probability", fmt.Sprintf("%0.10f", 1.0/float64(left)))
 		}
 		out.natRule(chain, r.add("-j", EndpointChainName(svc.Name, ep)))
 	}
+}
+
+// LargeClusterEndpoints is the number of endpoints (of one family) above
+// which the per-endpoint rules carry no comment, as kube-proxy's large
+// cluster mode does. A comment is a 256-byte match in every rule that has
+// one: at 10,000 Services x 10 endpoints, leaving them out of the three
+// rules per endpoint takes about 80 MB off the nat table, which legacy
+// iptables copies in full on every restore. The Service's own rules (the
+// dispatch rule, the masquerade check of its SVC chain) keep theirs, so the
+// tracer and iptables-save still name the Service.
+const LargeClusterEndpoints = 1000
+
+// endpointComment is the comment of a per-endpoint rule, or nothing in a
+// large cluster.
+func endpointComment(cfg RenderConfig, c string) ruleBuilder {
+	if cfg.largeCluster {
+		return nil
+	}
+	return comment(c)
+}
+
+// countEndpoints counts the endpoints of the family over all Service ports.
+func countEndpoints(snap *Snapshot, family v1.IPFamily) int {
+	n := 0
+	for _, eps := range snap.Endpoints {
+		for _, ep := range eps {
+			if familyOf(ep.Addr) == family {
+				n++
+			}
+		}
+	}
+	return n
 }
