@@ -133,7 +133,17 @@ type Snapshot struct {
 	// snapshot were triggered (their last-change-trigger-time annotation),
 	// for the network programming latency metric.
 	TriggerTimes []time.Time
+
+	// sorted, when set, is the keys of Services in SortedNames order.
+	sorted []ServicePortName
 }
+
+// SetSortedNames hands the snapshot its Service port names already sorted,
+// to be returned by SortedNames: the tracker keeps them between snapshots
+// while no Service changes, so a sync for an endpoint change does not sort
+// 10,000 names. names must be exactly the keys of Services, in order, and
+// must not be changed afterwards.
+func (s *Snapshot) SetSortedNames(names []ServicePortName) { s.sorted = names }
 
 // NewSnapshot returns an empty snapshot.
 func NewSnapshot() *Snapshot {
@@ -144,7 +154,11 @@ func NewSnapshot() *Snapshot {
 }
 
 // SortedNames returns the snapshot's Service port names in a stable order.
+// The slice is shared: callers must not change it.
 func (s *Snapshot) SortedNames() []ServicePortName {
+	if s.sorted != nil && len(s.sorted) == len(s.Services) {
+		return s.sorted
+	}
 	names := make([]ServicePortName, 0, len(s.Services))
 	for n := range s.Services {
 		names = append(names, n)

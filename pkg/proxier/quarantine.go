@@ -25,6 +25,7 @@ func (s *Syncer) withoutQuarantined(snap *Snapshot) *Snapshot {
 		return snap
 	}
 	out := *snap
+	out.sorted = nil
 	out.Services = make(map[ServicePortName]*ServicePort, len(snap.Services))
 	for n, sp := range snap.Services {
 		q, ok := s.quarantine[n]

@@ -46,6 +46,9 @@ type Tracker struct {
 	svcChanges   map[string]bool
 	sliceChanges map[string]bool
 	triggers     []time.Time
+	// sorted is the last snapshot's sorted Service port names, reused
+	// while no Service changes.
+	sorted []proxier.ServicePortName
 }
 
 // NewTracker returns an empty tracker. notify is called after every recorded
@@ -235,6 +238,7 @@ func (t *Tracker) Snapshot() *proxier.Snapshot {
 		TriggerTimes: t.triggers,
 	}
 	t.triggers = nil
+	servicesChanged := len(t.svcChanges) > 0
 	clear(t.svcChanges)
 	clear(t.sliceChanges)
 	metrics.ServiceChangesPending.Set(0)
@@ -248,5 +252,9 @@ func (t *Tracker) Snapshot() *proxier.Snapshot {
 			}
 		}
 	}
+	if servicesChanged || len(t.sorted) != len(snap.Services) {
+		t.sorted = snap.SortedNames()
+	}
+	snap.SetSortedNames(t.sorted)
 	return snap
 }

@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -143,5 +144,38 @@ func TestSlicePortsMatchingNoServicePortAreIgnored(t *testing.T) {
 	text := proxier.RestoreText(proxier.Render(snap, proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14}))
 	if !strings.Contains(text, "default/web:http has no endpoints") {
 		t.Errorf("rules:\n%s", text)
+	}
+}
+
+// The snapshot's sorted names are reused while only endpoints change, and
+// are right again after Services come and go (even at the same count).
+func TestSnapshotSortedNamesFollowServiceChanges(t *testing.T) {
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
+	for i := range 3 {
+		svc, sl := benchObjects(i, 2)
+		tr.UpdateService(svc)
+		tr.UpdateSlice(sl)
+	}
+	check := func(snap *proxier.Snapshot) []proxier.ServicePortName {
+		t.Helper()
+		got := snap.SortedNames()
+		fresh := *snap
+		fresh.SetSortedNames(nil)
+		if want := fresh.SortedNames(); !reflect.DeepEqual(got, want) {
+			t.Fatalf("sorted names %v, want %v", got, want)
+		}
+		return got
+	}
+	first := check(tr.Snapshot())
+	_, sl := benchObjects(1, 1)
+	tr.UpdateSlice(sl)
+	if again := check(tr.Snapshot()); &again[0] != &first[0] {
+		t.Error("an endpoint change sorted the names again")
+	}
+	tr.DeleteService("bench", "svc-00000")
+	svc, _ := benchObjects(7, 0)
+	tr.UpdateService(svc)
+	if names := check(tr.Snapshot()); names[len(names)-1].Name != "svc-00007" {
+		t.Errorf("names after replacing a Service: %v", names)
 	}
 }
