@@ -3,7 +3,6 @@ package proxier
 import (
 	"bytes"
 	"fmt"
-	"slices"
 )
 
 // A full sync that writes more than MaxRestoreRules is applied as a series
@@ -122,18 +121,7 @@ func chunkedFullRestore(r *Rules, h hostTables, max int, emit func([]byte) error
 	c.flush()
 
 	// 2. Service ports' own chains, a port at a time.
-	names := make([]ServicePortName, 0, len(r.ports))
-	for n := range r.ports {
-		names = append(names, n)
-	}
-	slices.SortFunc(names, func(a, b ServicePortName) int {
-		if lessName(a, b) {
-			return -1
-		}
-		return 1
-	})
-	for _, n := range names {
-		pr := r.ports[n]
+	for _, pr := range r.ports { // in name order
 		size := 0
 		for _, chains := range [][]Chain{pr.nat, pr.filter} {
 			for _, ch := range chains {

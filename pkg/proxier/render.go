@@ -5,6 +5,7 @@ import (
 	"encoding/base32"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -166,8 +167,11 @@ type Rules struct {
 	// Service ports whose output is not the very same: each port's own
 	// chains, and per table the chains not owned by a port (top-level and
 	// dispatch). Nil for rules built otherwise.
-	ports  map[ServicePortName]*portRender
+	names  []ServicePortName
+	ports  []*portRender // aligned with names
 	shared map[string]map[string][]string
+	// counts are the rules per table and level, for the metrics.
+	counts ruleCounts
 	// dispatch lists each table's dispatch node chains children first.
 	dispatch map[string][]string
 }
@@ -338,7 +342,8 @@ func Render(snap *Snapshot, cfg RenderConfig) *Rules {
 // The zero value is ready; a Renderer is not safe for concurrent use.
 type Renderer struct {
 	key   string
-	cache map[ServicePortName]*portRender
+	names []ServicePortName // the last render's, sorted
+	ports []*portRender     // aligned with names
 }
 
 // portRender is one Service port's rendered output and the inputs it came from.
@@ -350,15 +355,61 @@ type portRender struct {
 	// Its rules in the dispatch lists.
 	natKeys, filterKeys map[string][]keyedRule
 	stats               RenderStats
+	// familyEndpoints counts eps of the rendered family; rules counts the
+	// rules of its own chains per table and level, for the metrics.
+	familyEndpoints int
+	rules           ruleCounts
 }
 
-func renderPort(snap *Snapshot, cfg RenderConfig, svc *ServicePort, eps []Endpoint) *portRender {
+// ruleCounts are rules per table (filter, nat) and level (ruleLevels).
+type ruleCounts [2][3]int
+
+var ruleLevels = [3]string{"top", "service", "endpoint"}
+
+func tableIndex(table string) int {
+	if table == TableNAT {
+		return 1
+	}
+	return 0
+}
+
+func (c *ruleCounts) addChains(table string, chains []Chain) {
+	t := tableIndex(table)
+	for _, ch := range chains {
+		c[t][slices.Index(ruleLevels[:], chainLevel(ch.Name))] += len(ch.Rules)
+	}
+}
+
+func (c *ruleCounts) add(o ruleCounts) {
+	for t := range c {
+		for l := range c[t] {
+			c[t][l] += o[t][l]
+		}
+	}
+}
+
+func renderPort(snap *Snapshot, cfg RenderConfig, svc *ServicePort, eps []Endpoint, familyEndpoints int) *portRender {
 	out := newOutput()
 	for _, e := range renderServicePort(out, snap, cfg, svc) {
 		out.natKeyed(ChainServices, addrKeyed(e.addr, destMatch(e.addr, e.proto, e.port, e.comment).add("-j", e.target)))
 	}
-	return &portRender{svc: svc, eps: eps, nat: sortedChains(out.nat), filter: sortedChains(out.filter),
-		natKeys: out.natKeys, filterKeys: out.filterKeys, stats: out.stats}
+	pr := &portRender{svc: svc, eps: eps, nat: sortedChains(out.nat), filter: sortedChains(out.filter),
+		natKeys: out.natKeys, filterKeys: out.filterKeys, stats: out.stats,
+		familyEndpoints: familyEndpoints}
+	pr.rules.addChains(TableNAT, pr.nat)
+	pr.rules.addChains(TableFilter, pr.filter)
+	return pr
+}
+
+// countFamily counts the endpoints of one family.
+func countFamily(eps []Endpoint, family v1.IPFamily) int {
+	n := 0
+	for _, ep := range eps {
+		if familyOf(ep.Addr) == family {
+			n++
+		}
+	}
+	return n
 }
 
 func sortedChains(m map[string][]string) []Chain {
@@ -395,27 +446,56 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 		out.filter[c] = nil
 	}
 
-	cfg.largeCluster = countEndpoints(snap, cfg.Family) > LargeClusterEndpoints
+	// Pair each Service port with last time's render of it: both name
+	// lists are sorted, so one walk does it (no map lookups; at 10,000
+	// ports those cost more than the rendering of one change).
+	names := snap.SortedNames()
+	ports := make([]*portRender, len(names))
+	svcs := make([]*ServicePort, len(names))
+	epss := make([][]Endpoint, len(names))
+	endpoints := 0
+	sameNames := sameSlice(names, r.names)
+	j := 0
+	for i, name := range names {
+		svc, eps := snap.Services[name], snap.Endpoints[name]
+		svcs[i], epss[i] = svc, eps
+		var old *portRender
+		if sameNames {
+			old = r.ports[i]
+		} else {
+			for j < len(r.names) && lessName(r.names[j], name) {
+				j++
+			}
+			if j < len(r.names) && r.names[j] == name {
+				old = r.ports[j]
+			}
+		}
+		if old != nil && old.svc == svc && sameSlice(old.eps, eps) {
+			ports[i] = old
+			endpoints += old.familyEndpoints
+		} else {
+			endpoints += countFamily(eps, cfg.Family)
+		}
+	}
+	cfg.largeCluster = endpoints > LargeClusterEndpoints
 	// What every Service port's rules depend on besides its own objects.
 	key := fmt.Sprintf("%+v|", cfg) + nodeKey(snap.Node)
-	if key != r.key || r.cache == nil {
-		r.key, r.cache = key, map[ServicePortName]*portRender{}
+	if key != r.key {
+		clear(ports)
 	}
-	cache := make(map[ServicePortName]*portRender, len(snap.Services))
-	names := snap.SortedNames()
 	nNAT, nFilter := 0, 0
-	for _, name := range names {
-		svc, eps := snap.Services[name], snap.Endpoints[name]
-		pr := r.cache[name]
-		if pr == nil || pr.svc != svc || !sameSlice(pr.eps, eps) {
-			pr = renderPort(snap, cfg, svc, eps)
+	var counts ruleCounts
+	for i, pr := range ports {
+		if pr == nil {
+			pr = renderPort(snap, cfg, svcs[i], epss[i], countFamily(epss[i], cfg.Family))
+			ports[i] = pr
 		}
-		cache[name] = pr
 		out.merge(pr)
+		counts.add(pr.rules)
 		nNAT += len(pr.nat)
 		nFilter += len(pr.filter)
 	}
-	r.cache = cache
+	r.key, r.names, r.ports = key, names, ports
 
 	// The dispatch lists, as trees once they are long; SWY-SERVICES ends
 	// with the jump to SWY-NODEPORTS.
@@ -459,7 +539,7 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 
 	// Each table: the top-level chains, the dispatch nodes by name, then
 	// every Service port's own chains, ports in name order.
-	rules := &Rules{Jumps: BaseJumps(), Stats: out.stats, ports: cache, dispatch: dispatch,
+	rules := &Rules{Jumps: BaseJumps(), Stats: out.stats, names: names, ports: ports, dispatch: dispatch,
 		shared: map[string]map[string][]string{TableFilter: out.filter, TableNAT: out.nat}}
 	for _, t := range []string{TableFilter, TableNAT} {
 		room := nNAT
@@ -467,8 +547,9 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 			room = nFilter
 		}
 		table := orderedTable(t, rules.shared[t], top[t], room)
-		for _, name := range names {
-			pr := cache[name]
+		counts.addChains(t, table.Chains) // the shared chains, so far
+
+		for _, pr := range ports {
 			if t == TableNAT {
 				table.Chains = append(table.Chains, pr.nat...)
 			} else {
@@ -477,6 +558,7 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 		}
 		rules.Tables = append(rules.Tables, table)
 	}
+	rules.counts = counts
 	return rules
 }
 

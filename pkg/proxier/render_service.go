@@ -372,16 +372,3 @@ func endpointComment(cfg RenderConfig, c string) ruleBuilder {
 	}
 	return comment(c)
 }
-
-// countEndpoints counts the endpoints of the family over all Service ports.
-func countEndpoints(snap *Snapshot, family v1.IPFamily) int {
-	n := 0
-	for _, eps := range snap.Endpoints {
-		for _, ep := range eps {
-			if familyOf(ep.Addr) == family {
-				n++
-			}
-		}
-	}
-	return n
-}

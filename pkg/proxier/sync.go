@@ -367,6 +367,19 @@ func (s *Syncer) hostState(ctx context.Context, rules *Rules) (hostTables, error
 // fullRestore writes every chain of ours and deletes stale ones.
 func fullRestore(r *Rules, stale, unjump map[string][]string) ([]byte, SyncResult) {
 	var b bytes.Buffer
+	// Sized up front: at 10,000 Services the text is tens of MB, and
+	// growing by doubling would leave as much again behind as garbage.
+	size := 0
+	for _, t := range r.Tables {
+		for _, c := range t.Chains {
+			size += len(c.Name) + len(":  - [0:0]\n")
+			for _, rule := range c.Rules {
+				size += len(c.Name) + len(rule) + len("-A  \n")
+			}
+		}
+		size += 64 * (len(stale[t.Name]) + len(unjump[t.Name]) + 1)
+	}
+	b.Grow(size)
 	var res SyncResult
 	for _, t := range r.Tables {
 		fmt.Fprintf(&b, "*%s\n", t.Name)
@@ -450,17 +463,26 @@ func diffTable(r, last *Rules, t Table) (changed []Chain, gone []string) {
 		}
 		return pr.filter
 	}
-	for name, pr := range r.ports {
-		if old := last.ports[name]; old != pr {
+	// Both name lists are sorted: walk them together.
+	sameNames := sameSlice(r.names, last.names)
+	i, j := 0, 0
+	for i < len(r.names) || j < len(last.names) {
+		var pr, old *portRender
+		switch {
+		case sameNames || i < len(r.names) && j < len(last.names) && r.names[i] == last.names[j]:
+			pr, old = r.ports[i], last.ports[j]
+			i++
+			j++
+		case j == len(last.names) || i < len(r.names) && lessName(r.names[i], last.names[j]):
+			pr = r.ports[i] // new
+			i++
+		default:
+			old = last.ports[j] // gone
+			j++
+		}
+		if old != pr {
 			c, g := diffChains(own(old), own(pr))
 			changed, gone = append(changed, c...), append(gone, g...)
-		}
-	}
-	for name, old := range last.ports {
-		if _, ok := r.ports[name]; !ok {
-			for _, c := range own(old) {
-				gone = append(gone, c.Name)
-			}
 		}
 	}
 	return changed, gone
@@ -527,18 +549,22 @@ func recordSync(family v1.IPFamily, rules *Rules, res SyncResult, written map[st
 	metrics.ChainsWritten.WithLabelValues(fam).Add(float64(res.ChainsWritten))
 	metrics.ChainsDeleted.WithLabelValues(fam).Add(float64(res.ChainsDeleted))
 
+	counts := rules.counts
+	if rules.ports == nil { // not from a Renderer: count here
+		counts = ruleCounts{}
+		for _, t := range rules.Tables {
+			counts.addChains(t.Name, t.Chains)
+		}
+	}
 	for _, t := range rules.Tables {
 		total := 0
-		levels := map[string]int{}
-		for _, c := range t.Chains {
-			total += len(c.Rules)
-			levels[chainLevel(c.Name)] += len(c.Rules)
+		for l, level := range ruleLevels {
+			n := counts[tableIndex(t.Name)][l]
+			total += n
+			metrics.RulesByLevel.WithLabelValues(t.Name, level, fam).Set(float64(n))
 		}
 		metrics.RulesTotal.WithLabelValues(t.Name, fam).Set(float64(total))
 		metrics.RulesLast.WithLabelValues(t.Name, fam).Set(float64(written[t.Name]))
-		for _, l := range []string{"top", "service", "endpoint"} {
-			metrics.RulesByLevel.WithLabelValues(t.Name, l, fam).Set(float64(levels[l]))
-		}
 	}
 	metrics.NoLocalEndpoints.WithLabelValues("internal", fam).Set(float64(rules.Stats.NoLocalInternal))
 	metrics.NoLocalEndpoints.WithLabelValues("external", fam).Set(float64(rules.Stats.NoLocalExternal))

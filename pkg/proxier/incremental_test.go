@@ -1,0 +1,132 @@
+package proxier
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+)
+
+// hostRules is every SWY- chain's rules on the fake host.
+func hostRules(f *iptables.Fake) map[string][]string {
+	out := map[string][]string{}
+	rs := f.Snapshot()
+	for _, t := range []string{TableNAT, TableFilter} {
+		for _, name := range rs.ChainNames(t, ChainPrefix) {
+			var texts []string
+			for _, r := range rs.Tables[t].Chains[name].Rules {
+				texts = append(texts, r.Text)
+			}
+			out[t+" "+name] = texts
+		}
+	}
+	return out
+}
+
+// renderedRules is the same for a fresh render.
+func renderedRules(t *testing.T, r *Rules) map[string][]string {
+	t.Helper()
+	rs, err := iptables.ParseSave(RestoreText(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := iptables.NewFake()
+	f.Rules = rs
+	return hostRules(f)
+}
+
+// Random changes, synced one after another, leave the host exactly as a
+// fresh render of the last snapshot, and the renderer's rule counts equal
+// a count of its chains. The changes share unchanged objects between
+// snapshots, as the tracker does, so the renderer's reuse, its walk over
+// old and new names and the large-cluster switch are all exercised.
+func TestIncrementalSyncsMatchAFreshRender(t *testing.T) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(7, 8))
+	type entry struct {
+		svc *ServicePort
+		eps []Endpoint
+	}
+	world := map[ServicePortName]entry{}
+	newEntry := func(i int) (ServicePortName, entry) {
+		n := spn(fmt.Sprintf("svc%03d", i), "http")
+		vip := netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})
+		k := rng.IntN(30)
+		eps := make([]Endpoint, k)
+		for e := range eps {
+			eps[e] = Endpoint{Addr: netip.AddrFrom4([4]byte{10, 244, byte(i), byte(e + rng.IntN(3)*40)}), Port: 8080, Ready: true, Serving: true}
+		}
+		return n, entry{&ServicePort{Name: n, Port: 80, ClusterIPs: []netip.Addr{vip}}, eps}
+	}
+	fake := iptables.NewFake()
+	s := NewSyncer(defaultConfig(), fake)
+	var names []ServicePortName
+	seen := map[bool]bool{} // endpoint rules with comments, without
+	for step := range 60 {
+		namesChanged := false
+		for range 1 + rng.IntN(6) {
+			i := rng.IntN(120)
+			n, e := newEntry(i)
+			switch _, ok := world[n]; {
+			case !ok || rng.IntN(4) == 0:
+				world[n] = e // added, or replaced
+				namesChanged = namesChanged || !ok
+			case rng.IntN(3) == 0:
+				delete(world, n)
+				namesChanged = true
+			default:
+				old := world[n]
+				world[n] = entry{old.svc, e.eps} // endpoints only
+			}
+		}
+		snap := NewSnapshot()
+		for n, e := range world {
+			snap.Services[n] = e.svc
+			if len(e.eps) > 0 {
+				snap.Endpoints[n] = e.eps
+			}
+		}
+		if namesChanged || names == nil {
+			names = snap.SortedNames()
+		}
+		snap.SetSortedNames(names) // shared while the set is the same
+		res, err := s.Sync(ctx, snap)
+		if err != nil {
+			t.Fatalf("step %d: %v", step, err)
+		}
+		want := renderedRules(t, Render(snap, defaultConfig()))
+		got := hostRules(fake)
+		for k, w := range want {
+			if !slices.Equal(got[k], w) {
+				t.Fatalf("step %d (full=%v): %s is\n%q\nwant\n%q", step, res.Full, k, got[k], w)
+			}
+		}
+		for k := range got {
+			if _, ok := want[k]; !ok {
+				t.Fatalf("step %d: stale chain %s left on the host", step, k)
+			}
+		}
+		for k, rules := range want {
+			if strings.Contains(k, " "+sepChainPrefix) {
+				seen[strings.Contains(strings.Join(rules, " "), "--comment")] = true
+				break
+			}
+		}
+		r := s.Rules()
+		var walked ruleCounts
+		for _, tb := range r.Tables {
+			walked.addChains(tb.Name, tb.Chains)
+		}
+		if walked != r.counts {
+			t.Fatalf("step %d: rule counts %v, walking the chains gives %v", step, r.counts, walked)
+		}
+	}
+	if !seen[true] || !seen[false] {
+		t.Errorf("the steps never rendered both sides of %d endpoints (with comments: %v, without: %v)", LargeClusterEndpoints, seen[true], seen[false])
+	}
+}
