@@ -101,6 +101,28 @@ func ScanSave(save []byte) ([]string, []SavedJump) {
 	return chains, jumps
 }
 
+// HasSavedJump reports whether saved rules hold the jump exactly.
+func HasSavedJump(saved []SavedJump, j Jump) bool {
+	want := j.Args()
+	for _, s := range saved {
+		if s.Chain != j.Chain || s.Target != j.Target {
+			continue
+		}
+		toks, err := tokenize(s.Rule)
+		if err != nil || len(toks) != len(want) {
+			continue
+		}
+		same := true
+		for i, t := range toks {
+			same = same && t.text == want[i]
+		}
+		if same {
+			return true
+		}
+	}
+	return false
+}
+
 // CleanupTables are the tables cleanup looks in.
 var CleanupTables = []string{"nat", "filter", "mangle", "raw"}
 

@@ -286,7 +286,7 @@ func (r *Runner) EnsureJumps(ctx context.Context, jumps []Jump) error {
 		}
 		for i := len(g.jumps) - 1; i >= 0; i-- {
 			j := g.jumps[i]
-			if hasJump(have, j) {
+			if HasSavedJump(have, j) {
 				continue
 			}
 			r.mu.Lock()
@@ -319,7 +319,7 @@ func (r *Runner) Present(ctx context.Context, chains map[string][]string, jumps 
 			return false, fmt.Errorf("listing %s/%s: %w", g.table, g.chain, err)
 		}
 		for _, j := range g.jumps {
-			if !hasJump(have, j) {
+			if !HasSavedJump(have, j) {
 				return false, nil
 			}
 		}
@@ -327,40 +327,18 @@ func (r *Runner) Present(ctx context.Context, chains map[string][]string, jumps 
 	return true, nil
 }
 
-// listChain returns the rules of one chain as iptables -S prints them, each
-// split into arguments (quotes removed). The lock is held per call, so a
-// restore waits for at most one listing.
-func (r *Runner) listChain(table, chain string) ([][]string, error) {
+// listChain returns the jumps of one chain as iptables -S prints them (the
+// same lines as iptables-save). The lock is held per call, so a restore
+// waits for at most one listing.
+func (r *Runner) listChain(table, chain string) ([]SavedJump, error) {
 	r.mu.Lock()
 	lines, err := r.ipt.List(table, chain)
 	r.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	var rules [][]string
-	for _, l := range lines {
-		toks, err := tokenize(l)
-		if err != nil || len(toks) < 2 || toks[0].text != "-A" {
-			continue // the policy line, or nothing we could have written
-		}
-		args := make([]string, 0, len(toks)-2)
-		for _, t := range toks[2:] {
-			args = append(args, t.text)
-		}
-		rules = append(rules, args)
-	}
-	return rules, nil
-}
-
-// hasJump reports whether a listed chain holds the jump exactly.
-func hasJump(rules [][]string, j Jump) bool {
-	want := j.Args()
-	for _, r := range rules {
-		if slices.Equal(r, want) {
-			return true
-		}
-	}
-	return false
+	_, jumps := ScanSave([]byte(strings.Join(lines, "\n")))
+	return jumps, nil
 }
 
 type jumpGroup struct {

@@ -99,6 +99,11 @@ type hostTables struct {
 	size     map[string]map[string]int
 	stale    map[string][]string
 	unjump   map[string][]string
+	// jump holds, per table, "-I CHAIN 1 ..." lines for the jumps from
+	// built-in chains the host lacks, so the full restore inserts them
+	// itself (no iptables call per jump; on legacy each call loads the
+	// whole table).
+	jump map[string][]string
 }
 
 // chunkedFullRestore splits a full sync into restores of about max rules,
@@ -150,13 +155,17 @@ func chunkedFullRestore(r *Rules, h hostTables, max int, emit func([]byte) error
 	}
 	c.flush()
 
-	// 4. Top-level chains, and jumps to stale chains removed.
+	// 4. Top-level chains, jumps to stale chains removed, missing jumps
+	// from the built-in chains inserted.
 	for _, t := range tables {
 		for _, name := range top[t] {
 			c.chain(t, Chain{Name: name, Rules: r.shared[t][name]})
 			res.ChainsWritten++
 		}
 		for _, line := range h.unjump[t] {
+			c.line(t, line)
+		}
+		for _, line := range h.jump[t] {
 			c.line(t, line)
 		}
 	}

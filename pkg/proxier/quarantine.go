@@ -62,7 +62,7 @@ func (s *Syncer) findOffenders(ctx context.Context, snap *Snapshot) map[ServiceP
 	tests := 0
 	test := func(names []ServicePortName) error {
 		tests++
-		text, _ := fullRestore(Render(subset(snap, names), s.Config), nil, nil)
+		text, _ := fullRestore(Render(subset(snap, names), s.Config), nil, nil, nil)
 		hctx, cancel := s.hostCtx(ctx)
 		defer cancel()
 		return s.Host.TestRestore(hctx, text)

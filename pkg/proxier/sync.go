@@ -218,7 +218,7 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 			counts, err = chunkedFullRestore(rules, h, s.MaxRestoreRules, apply)
 		} else {
 			var text []byte
-			text, counts = fullRestore(rules, h.stale, h.unjump)
+			text, counts = fullRestore(rules, h.stale, h.unjump, h.jump)
 			err = apply(text)
 		}
 	} else {
@@ -230,7 +230,8 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	if err != nil {
 		return res, err
 	}
-	if full || !s.jumpsKnownGood(rules) {
+	// A full restore inserted the missing jumps itself.
+	if !full && !s.jumpsKnownGood(rules) {
 		hctx, cancel := s.hostCtx(ctx)
 		err := s.Host.EnsureJumps(hctx, rules.Jumps)
 		cancel()
@@ -334,7 +335,7 @@ func canaries() map[string][]string {
 // that jump to them (they must go before the chains can be deleted).
 func (s *Syncer) hostState(ctx context.Context, rules *Rules) (hostTables, error) {
 	h := hostTables{existing: map[string]map[string]bool{}, size: map[string]map[string]int{},
-		stale: map[string][]string{}, unjump: map[string][]string{}}
+		stale: map[string][]string{}, unjump: map[string][]string{}, jump: map[string][]string{}}
 	for _, t := range rules.Tables {
 		hctx, cancel := s.hostCtx(ctx)
 		out, err := s.Host.Save(hctx, t.Name)
@@ -360,12 +361,20 @@ func (s *Syncer) hostState(ctx context.Context, rules *Rules) (hostTables, error
 				h.unjump[t.Name] = append(h.unjump[t.Name], "-D "+j.Chain+" "+j.Rule)
 			}
 		}
+		// Missing jumps, inserted last-first at the top of their chain so
+		// they end up in the given order.
+		for i := len(rules.Jumps) - 1; i >= 0; i-- {
+			j := rules.Jumps[i]
+			if j.Table == t.Name && !iptables.HasSavedJump(jumps, j) {
+				h.jump[t.Name] = append(h.jump[t.Name], "-I "+j.Chain+" 1 "+iptables.ArgsText(j.Args()))
+			}
+		}
 	}
 	return h, nil
 }
 
 // fullRestore writes every chain of ours and deletes stale ones.
-func fullRestore(r *Rules, stale, unjump map[string][]string) ([]byte, SyncResult) {
+func fullRestore(r *Rules, stale, unjump, jump map[string][]string) ([]byte, SyncResult) {
 	var b bytes.Buffer
 	// Sized up front: at 10,000 Services the text is tens of MB, and
 	// growing by doubling would leave as much again behind as garbage.
@@ -377,7 +386,7 @@ func fullRestore(r *Rules, stale, unjump map[string][]string) ([]byte, SyncResul
 				size += len(c.Name) + len(rule) + len("-A  \n")
 			}
 		}
-		size += 64 * (len(stale[t.Name]) + len(unjump[t.Name]) + 1)
+		size += 128 * (len(stale[t.Name]) + len(unjump[t.Name]) + len(jump[t.Name]) + 1)
 	}
 	b.Grow(size)
 	var res SyncResult
@@ -394,6 +403,9 @@ func fullRestore(r *Rules, stale, unjump map[string][]string) ([]byte, SyncResul
 		}
 		for _, c := range t.Chains {
 			writeRules(&b, c)
+		}
+		for _, line := range jump[t.Name] {
+			b.WriteString(line + "\n")
 		}
 		for _, c := range stale[t.Name] {
 			fmt.Fprintf(&b, "-X %s\n", c)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strings"
 	"testing"
@@ -172,6 +173,30 @@ func saveAll(t *testing.T, r *iptables.Runner) string {
 	return b.String()
 }
 
+// jumpOrder checks that each built-in chain's jumps to our chains are in
+// BaseJumps order.
+func jumpOrder(t *testing.T, step, save string) {
+	t.Helper()
+	got := map[string][]string{}
+	table := ""
+	for _, l := range strings.Split(save, "\n") {
+		if strings.HasPrefix(l, "*") {
+			table = l[1:]
+		}
+		f := strings.Fields(l)
+		if len(f) > 2 && f[0] == "-A" && !strings.HasPrefix(f[1], proxier.ChainPrefix) && strings.HasPrefix(f[len(f)-1], proxier.ChainPrefix) {
+			got[table+"/"+f[1]] = append(got[table+"/"+f[1]], f[len(f)-1])
+		}
+	}
+	want := map[string][]string{}
+	for _, j := range proxier.BaseJumps() {
+		want[j.Table+"/"+j.Chain] = append(want[j.Table+"/"+j.Chain], j.Target)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s: jumps by chain %v, want %v", step, got, want)
+	}
+}
+
 func TestRealIptablesSyncsLeaveExactlyTheExpectedChains(t *testing.T) {
 	netns.RequireRoot(t, "iptables-legacy-restore", "iptables-nft-restore")
 	for _, backend := range backends {
@@ -207,6 +232,7 @@ func TestRealIptablesSyncsLeaveExactlyTheExpectedChains(t *testing.T) {
 					if _, err := s.Sync(ctx, snap); err != nil {
 						t.Fatalf("%s: %v", st.name, err)
 					}
+					jumpOrder(t, st.name, saveAll(t, r))
 					got, jumps := hostChains(t, r)
 					sameChains(t, st.name, got, wantChains(proxier.Render(snap, cfg())))
 					if strings.Join(jumps, ",") != strings.Join(wantJumps(), ",") {
