@@ -196,7 +196,7 @@ func TestFlushedAndRewrittenTablesAreRestored(t *testing.T) {
 // kernel holds either the old table or the new one, never a half-written
 // mix, and the next sync converges.
 func TestRestoreKilledMidway(t *testing.T) {
-	netns.RequireRoot(t, "iptables-nft-restore", "pkill")
+	netns.RequireRoot(t, "iptables-nft-restore")
 	tp := newTopology(t)
 	ns := tp.node.NS
 	var load *netns.Load
@@ -227,7 +227,7 @@ func TestRestoreKilledMidway(t *testing.T) {
 			done <- ns.Do(func() error { _, err := s.Sync(ctx, withLive(snapshotN(big))); return err })
 		}()
 		killed := wait.Poll(20*time.Second, func() bool {
-			return exec.Command("pkill", "-KILL", "-f", "iptables-nft-restore -w 5 --noflush").Run() == nil
+			return ns.Kill("iptables-nft-restore -w 5 --noflush") > 0
 		})
 		syncErr := <-done
 		after, _ := hostChains(t, r)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -393,4 +394,29 @@ func (n *Node) AddDualStackPod(t T, name, ip, ip6 string) *Pod {
 		}
 	}
 	return p
+}
+
+// Kill sends SIGKILL to the processes in this namespace whose command line
+// contains substr, and reports how many it signalled. Processes in other
+// namespaces (another test's, a benchmark's) are never touched.
+func (n *NS) Kill(substr string) int {
+	out, err := exec.Command("ip", "netns", "pids", n.Name).Output()
+	if err != nil {
+		return 0
+	}
+	killed := 0
+	for _, f := range strings.Fields(string(out)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.Contains(strings.ReplaceAll(string(cmdline), "\x00", " "), substr) {
+			continue
+		}
+		if unix.Kill(pid, unix.SIGKILL) == nil {
+			killed++
+		}
+	}
+	return killed
 }
