@@ -71,16 +71,20 @@ func main() {
 	flag.StringVar(&o.tools, "tools", "test/e2e/tools/bin", "kube-apiserver, kube-controller-manager and kube-proxy")
 	flag.StringVar(&o.binary, "switchyard", "bin/switchyard", "the switchyard binary")
 	flag.StringVar(&o.logs, "logs", "_output/bench", "component logs")
-	report := flag.String("report", "", "only print the Markdown tables of this results file")
+	report := flag.String("report", "", "only print the Markdown tables of these results files (comma-separated; phases run separately are put side by side)")
 	flag.Parse()
 	if *report != "" {
-		data, err := os.ReadFile(*report)
-		if err != nil {
-			fail("%v", err)
-		}
 		var results []*Result
-		if err := json.Unmarshal(data, &results); err != nil {
-			fail("%s: %v", *report, err)
+		for _, file := range strings.Split(*report, ",") {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				fail("%v", err)
+			}
+			var rs []*Result
+			if err := json.Unmarshal(data, &rs); err != nil {
+				fail("%s: %v", file, err)
+			}
+			results = append(results, rs...)
 		}
 		printMarkdown(os.Stdout, results)
 		return
