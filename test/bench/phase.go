@@ -262,6 +262,9 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 
 	n := e.newNode(po, r.Backend)
 	p := e.startProxy(po, n, r.Proxy, r.Backend)
+	// Stopped before the namespace cleanup above waits: a proxy over the
+	// cap must not keep a core busy while the next phase is prepared.
+	defer stopProxy(p)
 	pid := p.Pid()
 	start = time.Now()
 	// Cold start: the probe, the first, the last and 20 random Services
@@ -388,7 +391,6 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	logf("  mass delete %s (%d restores, longest %s); a change meanwhile took %s",
 		fmtSec(r.MassDeleteTotal), r.MassDeleteRestores, fmtSec(r.MassDeleteLongest), fmtSec(r.ChangeDuringDelete))
 	r.PeakRSSMB = max(r.PeakRSSMB, peakRSS(pid))
-	stopProxy(p)
 }
 
 func (e *env) clusterIP(po *cluster.Owner, ns, name string) string {
