@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os/exec"
 	"slices"
 	"strings"
@@ -220,6 +221,49 @@ func (r *Runner) Restore(ctx context.Context, text []byte) error {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %w: %s", r.restore, err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// StreamRestorer is a host that takes restore text as it is written, so a
+// large restore never has to be held in memory at once.
+type StreamRestorer interface {
+	// RestoreStream runs one restore (--noflush) whose input is what write
+	// writes. If write fails, the restore is killed before it reads the end
+	// of its input, so no table whose COMMIT was not yet written changes.
+	RestoreStream(ctx context.Context, write func(io.Writer) error) error
+}
+
+// RestoreStream runs iptables-restore --noflush with the xtables lock,
+// feeding it from write.
+func (r *Runner) RestoreStream(ctx context.Context, write func(io.Writer) error) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, r.restore, "-w", "5", "--noflush")
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return fmt.Errorf("%s: %w", r.restore, err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("%s: %w", r.restore, err)
+	}
+	if werr := write(in); werr != nil {
+		cancel() // killed before it sees the end of its input
+		_ = in.Close()
+		_ = cmd.Wait()
+		return fmt.Errorf("%s: writing its input: %w: %s", r.restore, werr, strings.TrimSpace(stderr.String()))
+	}
+	if err := in.Close(); err != nil {
+		cancel()
+		_ = cmd.Wait()
+		return fmt.Errorf("%s: %w", r.restore, err)
+	}
+	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("%s: %w: %s", r.restore, err, strings.TrimSpace(stderr.String()))
 	}
 	return nil

@@ -1,10 +1,12 @@
 package proxier
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"strings"
@@ -182,14 +184,8 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	written := map[string]int{} // rules written per table, for metrics
 	// apply runs one restore; chunks are applied as they are made, so a
 	// full sync never holds all of its text at once.
-	apply := func(chunk []byte) error {
-		if len(chunk) == 0 {
-			return nil
-		}
-		batch := Batch{Family: s.Config.Family, Time: time.Now(), Full: full, Text: debugText(chunk)}
-		hctx, cancel := s.hostCtx(ctx)
-		err := s.Host.Restore(hctx, chunk)
-		cancel()
+	// done records one restore's outcome.
+	done := func(batch Batch, err error, size int) error {
 		if err != nil {
 			batch.Error = err.Error()
 			s.lastFailed = batch
@@ -202,10 +198,22 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 		}
 		s.lastBatch = batch
 		metrics.RestoreDuration.WithLabelValues(fam).Observe(time.Since(batch.Time).Seconds())
-		countWritten(chunk, written)
-		res.Bytes += len(chunk)
+		res.Bytes += size
 		res.Restores++
 		return nil
+	}
+	apply := func(chunk []byte) error {
+		if len(chunk) == 0 {
+			return nil
+		}
+		batch := Batch{Family: s.Config.Family, Time: time.Now(), Full: full, Text: debugText(chunk)}
+		hctx, cancel := s.hostCtx(ctx)
+		err := s.Host.Restore(hctx, chunk)
+		cancel()
+		if err == nil {
+			countWritten(chunk, written)
+		}
+		return done(batch, err, len(chunk))
 	}
 	var err error
 	var counts SyncResult
@@ -214,9 +222,32 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 		if herr != nil {
 			return res, herr
 		}
-		if s.MaxRestoreRules > 0 && ruleCount(rules) > s.MaxRestoreRules {
+		sr, streams := s.Host.(iptables.StreamRestorer)
+		switch {
+		case s.MaxRestoreRules > 0 && ruleCount(rules) > s.MaxRestoreRules:
 			counts, err = chunkedFullRestore(rules, h, s.MaxRestoreRules, apply)
-		} else {
+		case streams:
+			// One restore, written into iptables-restore as it is made: at
+			// 10,000 Services its text (about 32 MB) is never held at once.
+			batch := Batch{Family: s.Config.Family, Time: time.Now(), Full: full}
+			var cw captureWriter
+			var tables map[string]int
+			hctx, cancel := s.hostCtx(ctx)
+			rerr := sr.RestoreStream(hctx, func(w io.Writer) error {
+				cw.w = w
+				bw := bufio.NewWriterSize(&cw, 256<<10)
+				counts, tables = writeFullRestore(bw, rules, h.stale, h.unjump, h.jump)
+				return bw.Flush()
+			})
+			cancel()
+			batch.Text = cw.text()
+			if rerr == nil {
+				for t, n := range tables {
+					written[t] += n
+				}
+			}
+			err = done(batch, rerr, cw.n)
+		default:
 			var text []byte
 			text, counts = fullRestore(rules, h.stale, h.unjump, h.jump)
 			err = apply(text)
@@ -389,32 +420,74 @@ func fullRestore(r *Rules, stale, unjump, jump map[string][]string) ([]byte, Syn
 		size += 128 * (len(stale[t.Name]) + len(unjump[t.Name]) + len(jump[t.Name]) + 1)
 	}
 	b.Grow(size)
+	res, _ := writeFullRestore(&b, r, stale, unjump, jump)
+	return b.Bytes(), res
+}
+
+// textWriter is what restore text is written to: a buffer, or a buffered
+// pipe into iptables-restore.
+type textWriter interface {
+	io.Writer
+	io.StringWriter
+	io.ByteWriter
+}
+
+// writeFullRestore writes the text of fullRestore to w, and returns the
+// rules it writes per table. Write errors are w's to keep (bytes.Buffer has
+// none; bufio.Writer keeps the first and returns it from Flush).
+func writeFullRestore(w textWriter, r *Rules, stale, unjump, jump map[string][]string) (SyncResult, map[string]int) {
 	var res SyncResult
+	written := map[string]int{}
 	for _, t := range r.Tables {
-		fmt.Fprintf(&b, "*%s\n", t.Name)
+		fmt.Fprintf(w, "*%s\n", t.Name)
 		for _, c := range t.Chains {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
+			fmt.Fprintf(w, ":%s - [0:0]\n", c.Name)
 		}
 		for _, c := range stale[t.Name] {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c)
+			fmt.Fprintf(w, ":%s - [0:0]\n", c)
 		}
 		for _, line := range unjump[t.Name] {
-			b.WriteString(line + "\n")
+			w.WriteString(line + "\n")
 		}
 		for _, c := range t.Chains {
-			writeRules(&b, c)
+			writeRules(w, c)
+			written[t.Name] += len(c.Rules)
 		}
 		for _, line := range jump[t.Name] {
-			b.WriteString(line + "\n")
+			w.WriteString(line + "\n")
 		}
 		for _, c := range stale[t.Name] {
-			fmt.Fprintf(&b, "-X %s\n", c)
+			fmt.Fprintf(w, "-X %s\n", c)
 		}
-		b.WriteString("COMMIT\n")
+		w.WriteString("COMMIT\n")
 		res.ChainsWritten += len(t.Chains)
 		res.ChainsDeleted += len(stale[t.Name])
 	}
-	return b.Bytes(), res
+	return res, written
+}
+
+// captureWriter passes writes on, counting the bytes and keeping the first
+// maxDebugText of them for /debug/rules.
+type captureWriter struct {
+	w    io.Writer
+	n    int
+	head bytes.Buffer
+}
+
+func (c *captureWriter) Write(p []byte) (int, error) {
+	if room := maxDebugText - c.head.Len(); room > 0 {
+		c.head.Write(p[:min(room, len(p))])
+	}
+	n, err := c.w.Write(p)
+	c.n += n
+	return n, err
+}
+
+func (c *captureWriter) text() string {
+	if c.n <= maxDebugText {
+		return c.head.String()
+	}
+	return c.head.String() + fmt.Sprintf("\n... (%d more bytes not kept)\n", c.n-maxDebugText)
 }
 
 // partialRestore writes only chains whose content differs from what was
@@ -527,7 +600,7 @@ func diffChainMaps(prev, next map[string][]string) (changed []Chain, gone []stri
 	return changed, gone
 }
 
-func writeRules(b *bytes.Buffer, c Chain) {
+func writeRules(b textWriter, c Chain) {
 	for _, rule := range c.Rules {
 		b.WriteString("-A ")
 		b.WriteString(c.Name)

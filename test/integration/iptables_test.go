@@ -5,6 +5,8 @@ package integration
 
 import (
 	"context"
+	"errors"
+	"io"
 	"math/rand"
 	"net/netip"
 	"os"
@@ -452,5 +454,52 @@ func TestRealIptablesAcceptsGeneratedShapes(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A streamed restore applies what it is fed; one whose writer fails midway
+// changes nothing, even with the table's lines already sent.
+func TestRestoreStreamCommitsWholeOrNothing(t *testing.T) {
+	netns.RequireRoot(t, "iptables-legacy-restore", "iptables-nft-restore")
+	for _, backend := range backends {
+		t.Run(string(backend), func(t *testing.T) {
+			ns := netns.New(t, "stream")
+			err := ns.Do(func() error {
+				ctx := context.Background()
+				r, err := iptables.NewRunner(ctx, iptables.IPv4, backend)
+				if err != nil {
+					return err
+				}
+				feed := func(text string, fail error) error {
+					return r.RestoreStream(ctx, func(w io.Writer) error {
+						if _, err := io.WriteString(w, text); err != nil {
+							return err
+						}
+						return fail
+					})
+				}
+				if err := feed("*nat\n:SWY-STREAM-A - [0:0]\n-A SWY-STREAM-A -j RETURN\nCOMMIT\n", nil); err != nil {
+					t.Fatalf("streamed restore: %v", err)
+				}
+				broken := errors.New("renderer gave up")
+				if err := feed("*nat\n:SWY-STREAM-B - [0:0]\n-A SWY-STREAM-B -j RETURN\n-F SWY-STREAM-A\n", broken); !errors.Is(err, broken) {
+					t.Fatalf("a failed writer: err = %v, want %v", err, broken)
+				}
+				got := saveAll(t, r)
+				if !strings.Contains(got, "-A SWY-STREAM-A -j RETURN") {
+					t.Errorf("the first streamed restore is not applied, or the failed one flushed it:\n%s", got)
+				}
+				if strings.Contains(got, "SWY-STREAM-B") {
+					t.Errorf("a restore whose writer failed changed the table:\n%s", got)
+				}
+				if err := feed("*nat\n-A NO-SUCH-CHAIN -j RETURN\nCOMMIT\n", nil); err == nil {
+					t.Error("a restore iptables refuses was reported as success")
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
