@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -58,6 +59,14 @@ type Proxier struct {
 	// made; zero when none is pending.
 	pendingSince time.Time
 	lastSnap     *Snapshot
+
+	checksOK, checksFailed atomic.Int64
+}
+
+// CheckCounts reports how many integrity checks found the rules in place,
+// and how many did not.
+func (p *Proxier) CheckCounts() (ok, failed int64) {
+	return p.checksOK.Load(), p.checksFailed.Load()
 }
 
 // Syncers returns the per-family syncers.
@@ -196,7 +205,19 @@ func (p *Proxier) syncOnce(ctx context.Context) (more bool, _ error) {
 func (p *Proxier) Run(ctx context.Context) {
 	logger := klog.FromContext(ctx)
 	checkDone := make(chan struct{})
-	go func() { defer close(checkDone); p.checkLoop(ctx) }()
+	join, err := sameNetnsAs()
+	if err != nil {
+		logger.Error(err, "Cannot tell this thread's network namespace; the integrity check runs wherever Go schedules it")
+		join = func() error { return nil }
+	}
+	go func() {
+		defer close(checkDone)
+		if err := join(); err != nil {
+			logger.Error(err, "Cannot enter the sync loop's network namespace; no integrity check will run")
+			return
+		}
+		p.checkLoop(ctx)
+	}()
 	defer func() { <-checkDone }()
 	ticker := time.NewTicker(p.cfg.SyncPeriod)
 	defer ticker.Stop()
@@ -289,6 +310,11 @@ func (p *Proxier) checkLoop(ctx context.Context) {
 			ok, err := s.Check(ctx)
 			if ctx.Err() != nil {
 				return
+			}
+			if err == nil && ok {
+				p.checksOK.Add(1)
+			} else {
+				p.checksFailed.Add(1)
 			}
 			if err != nil || !ok {
 				logger.Info("Rules are not intact; running a full sync", "family", s.Config.Family, "err", err)

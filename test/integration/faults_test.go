@@ -159,6 +159,14 @@ func TestFlushedAndRewrittenTablesAreRestored(t *testing.T) {
 		if !wait.Poll(30*time.Second, intact) {
 			t.Fatal("no first sync")
 		}
+		// The check runs on its own goroutine, which must act in the
+		// loop's namespace: on intact rules it finds nothing missing.
+		if !wait.Poll(30*time.Second, func() bool { ok, _ := p.CheckCounts(); return ok >= 2 }) {
+			t.Fatal("the integrity check never passed")
+		}
+		if _, failed := p.CheckCounts(); failed > 0 {
+			t.Fatalf("%d integrity checks failed on intact rules", failed)
+		}
 		for _, fault := range []struct {
 			name, restore string
 			noflush       bool
