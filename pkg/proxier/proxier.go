@@ -313,13 +313,11 @@ func (p *Proxier) checkLoop(ctx context.Context) {
 			}
 			if err == nil && ok {
 				p.checksOK.Add(1)
-			} else {
-				p.checksFailed.Add(1)
+				continue
 			}
-			if err != nil || !ok {
-				logger.Info("Rules are not intact; running a full sync", "family", s.Config.Family, "err", err)
-				p.RequestSync()
-			}
+			p.checksFailed.Add(1)
+			logger.Info("Rules are not intact; running a full sync", "family", s.Config.Family, "err", err)
+			p.RequestSync()
 		}
 	}
 }

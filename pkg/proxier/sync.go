@@ -327,7 +327,7 @@ func (s *Syncer) jumpsKnownGood(rules *Rules) bool {
 }
 
 // Check reports whether the rules of the last sync are still on the host:
-// the top-level chains exist and the jumps are in place. When they are not,
+// the canary chains exist and the jumps are in place. When they are not,
 // the next sync is made full.
 func (s *Syncer) Check(ctx context.Context) (bool, error) {
 	s.mu.Lock()
@@ -407,19 +407,6 @@ func (s *Syncer) hostState(ctx context.Context, rules *Rules) (hostTables, error
 // fullRestore writes every chain of ours and deletes stale ones.
 func fullRestore(r *Rules, stale, unjump, jump map[string][]string) ([]byte, SyncResult) {
 	var b bytes.Buffer
-	// Sized up front: at 10,000 Services the text is tens of MB, and
-	// growing by doubling would leave as much again behind as garbage.
-	size := 0
-	for _, t := range r.Tables {
-		for _, c := range t.Chains {
-			size += len(c.Name) + len(":  - [0:0]\n")
-			for _, rule := range c.Rules {
-				size += len(c.Name) + len(rule) + len("-A  \n")
-			}
-		}
-		size += 128 * (len(stale[t.Name]) + len(unjump[t.Name]) + len(jump[t.Name]) + 1)
-	}
-	b.Grow(size)
 	res, _ := writeFullRestore(&b, r, stale, unjump, jump)
 	return b.Bytes(), res
 }
@@ -483,12 +470,7 @@ func (c *captureWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *captureWriter) text() string {
-	if c.n <= maxDebugText {
-		return c.head.String()
-	}
-	return c.head.String() + fmt.Sprintf("\n... (%d more bytes not kept)\n", c.n-maxDebugText)
-}
+func (c *captureWriter) text() string { return keptText(c.head.Bytes(), c.n) }
 
 // partialRestore writes only chains whose content differs from what was
 // applied, and deletes chains no longer wanted. A table with nothing to do
@@ -678,11 +660,15 @@ func countWritten(text []byte, written map[string]int) {
 // 10,000 Services writes about 14 MB, which is not worth holding.
 const maxDebugText = 256 << 10
 
-func debugText(b []byte) string {
-	if len(b) <= maxDebugText {
-		return string(b)
+func debugText(b []byte) string { return keptText(b[:min(len(b), maxDebugText)], len(b)) }
+
+// keptText is the kept head of a batch of total bytes, saying how much was
+// not kept.
+func keptText(head []byte, total int) string {
+	if total <= len(head) {
+		return string(head)
 	}
-	return string(b[:maxDebugText]) + fmt.Sprintf("\n... (%d more bytes not kept)\n", len(b)-maxDebugText)
+	return string(head) + fmt.Sprintf("\n... (%d more bytes not kept)\n", total-len(head))
 }
 
 func chainLevel(name string) string {

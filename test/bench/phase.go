@@ -142,8 +142,11 @@ func (n *bnode) restores(since time.Time) []restoreRun {
 	return out
 }
 
-// startProxy runs the proxy in the node with the wrappers first on PATH.
-func (e *env) startProxy(po *cluster.Owner, n *bnode, proxy, backend string) *cluster.Process {
+// startProxy runs the proxy in the node with the wrappers first on PATH. It
+// returns the process and its stop function, which stops it once however
+// often it is called (a second kill of the process group could hit a group
+// that has since reused the number).
+func (e *env) startProxy(po *cluster.Owner, n *bnode, proxy, backend string) (*cluster.Process, func()) {
 	var args []string
 	switch proxy {
 	case "switchyard":
@@ -161,8 +164,9 @@ func (e *env) startProxy(po *cluster.Owner, n *bnode, proxy, backend string) *cl
 	if err != nil {
 		po.Fatalf("%v", err)
 	}
-	po.Cleanup(func() { stopProxy(p) })
-	return p
+	stop := sync.OnceFunc(func() { stopProxy(p) })
+	po.Cleanup(stop)
+	return p, stop
 }
 
 // stopProxy stops the proxy and then everything left in its process group:
@@ -239,13 +243,13 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	// The connection rate with a handful of Services, on its own node.
 	{
 		n := e.newNode(po, r.Backend)
-		p := e.startProxy(po, n, r.Proxy, r.Backend)
+		p, stop := e.startProxy(po, n, r.Proxy, r.Backend)
 		if waitUntil(time.Now(), deadline, func() bool { return n.reaches(probe, "") }) < 0 {
 			po.Fatalf("the probe Service never answered (log: %s)", p.LogPath)
 		}
 		r.ConnRateHandful = n.connRate(probe, 5*time.Second)
 		logf("  %.0f connections/s with a handful of Services", r.ConnRateHandful)
-		stopProxy(p)
+		stop()
 	}
 
 	start := time.Now()
@@ -261,10 +265,10 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	}()
 
 	n := e.newNode(po, r.Backend)
-	p := e.startProxy(po, n, r.Proxy, r.Backend)
+	p, stop := e.startProxy(po, n, r.Proxy, r.Backend)
 	// Stopped before the namespace cleanup above waits: a proxy over the
 	// cap must not keep a core busy while the next phase is prepared.
-	defer stopProxy(p)
+	defer stop()
 	pid := p.Pid()
 	start = time.Now()
 	// Cold start: the probe, the first, the last and 20 random Services
