@@ -34,11 +34,17 @@ type Watcher struct {
 // stripTransform drops what the model never reads, so the informer caches
 // stay small: managed fields, every annotation but the EndpointSlice
 // trigger time (for the network programming latency metric), owner
-// references; on EndpointSlices each endpoint's target reference, host
-// name, and deprecated topology (a pod reference is most of an endpoint's
-// size); on Services the selector and status conditions; on the Node its
-// images and system information.
+// references; on Services the selector and status conditions; on the Node
+// its images and system information. An EndpointSlice is kept parsed
+// (parsedSlice): the tracker shares its endpoint lists, so they are held
+// once. Objects already transformed pass unchanged.
 func stripTransform(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *parsedSlice:
+		return o, nil
+	case *discovery.EndpointSlice:
+		return parseSlice(o), nil
+	}
 	if m, err := meta.Accessor(obj); err == nil {
 		m.SetManagedFields(nil)
 		m.SetOwnerReferences(nil)
@@ -51,14 +57,6 @@ func stripTransform(obj any) (any, error) {
 		}
 	}
 	switch o := obj.(type) {
-	case *discovery.EndpointSlice:
-		for i := range o.Endpoints {
-			e := &o.Endpoints[i]
-			e.TargetRef, e.Hostname, e.DeprecatedTopology = nil, nil, nil
-			if len(e.Addresses) > 1 {
-				e.Addresses = e.Addresses[:1] // the only one the API allows to matter
-			}
-		}
 	case *v1.Service:
 		o.Spec.Selector = nil
 		o.Status.Conditions = nil
@@ -68,6 +66,28 @@ func stripTransform(obj any) (any, error) {
 		o.Status.VolumesAttached, o.Status.VolumesInUse = nil, nil
 	}
 	return obj, nil
+}
+
+// sliceHandler feeds the tracker from the EndpointSlice informer, which
+// holds parsed slices (or API objects, had no transform run).
+func sliceHandler(tracker *Tracker) cache.ResourceEventHandlerFuncs {
+	update := func(obj any) {
+		switch o := obj.(type) {
+		case *parsedSlice:
+			tracker.updateParsedSlice(o)
+		case *discovery.EndpointSlice:
+			tracker.UpdateSlice(o)
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    update,
+		UpdateFunc: func(_, obj any) { update(obj) },
+		DeleteFunc: func(obj any) {
+			if ns, name, ok := deletedKey(obj); ok {
+				tracker.DeleteSlice(ns, name)
+			}
+		},
+	}
 }
 
 // NewWatcher sets up informers on Services (filtered by the proxy-name
@@ -100,15 +120,7 @@ func NewWatcher(client kubernetes.Interface, tracker *Tracker, resync time.Durat
 			}
 		},
 	})
-	w.handlers[1], _ = w.slices.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { tracker.UpdateSlice(obj.(*discovery.EndpointSlice)) },
-		UpdateFunc: func(_, obj any) { tracker.UpdateSlice(obj.(*discovery.EndpointSlice)) },
-		DeleteFunc: func(obj any) {
-			if ns, name, ok := deletedKey(obj); ok {
-				tracker.DeleteSlice(ns, name)
-			}
-		},
-	})
+	w.handlers[1], _ = w.slices.AddEventHandler(sliceHandler(tracker))
 	w.handlers[2], _ = w.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { tracker.UpdateNode(obj.(*v1.Node)) },
 		UpdateFunc: func(_, obj any) { tracker.UpdateNode(obj.(*v1.Node)) },

@@ -142,33 +142,34 @@ func (t *Tracker) DeleteService(namespace, name string) {
 
 // UpdateSlice records an EndpointSlice's current state (add or update).
 func (t *Tracker) UpdateSlice(slice *discovery.EndpointSlice) {
-	sliceKey := slice.Namespace + "/" + slice.Name
-	svcKey, reason := proxier.SliceServiceName(slice)
-	var eps map[proxier.PortKey][]proxier.Endpoint
-	if svcKey != "" {
-		var err error
-		eps, err = proxier.SliceEndpoints(slice)
-		if err != nil {
-			t.warn(slice, "InvalidEndpointSlice", err)
-		}
-	} else {
-		t.logger.V(4).Info("Ignoring EndpointSlice", "endpointSlice", klog.KObj(slice), "reason", reason)
+	t.updateParsedSlice(parseSlice(slice))
+}
+
+// updateParsedSlice records an EndpointSlice as the informer keeps it.
+func (t *Tracker) updateParsedSlice(p *parsedSlice) {
+	sliceKey := p.Namespace + "/" + p.Name
+	svcKey := p.service
+	if p.err != nil {
+		t.warn(p.ref(), "InvalidEndpointSlice", p.err)
+	}
+	if svcKey == "" {
+		t.logger.V(4).Info("Ignoring EndpointSlice", "endpointSlice", klog.KObj(p), "reason", p.reason)
 	}
 	t.mu.Lock()
 	if old, ok := t.sliceOwner[sliceKey]; ok && old != svcKey {
-		t.removeSliceLocked(old, slice.Name)
+		t.removeSliceLocked(old, p.Name)
 	}
 	if svcKey != "" {
 		if t.slices[svcKey] == nil {
 			t.slices[svcKey] = map[string]map[proxier.PortKey][]proxier.Endpoint{}
 		}
-		t.slices[svcKey][slice.Name] = eps
+		t.slices[svcKey][p.Name] = p.endpoints
 		t.sliceOwner[sliceKey] = svcKey
 		t.merged[svcKey] = proxier.MergeSlices(t.slices[svcKey])
 	} else {
 		delete(t.sliceOwner, sliceKey)
 	}
-	t.sliceChangedLocked(sliceKey, slice.Annotations)
+	t.sliceChangedLocked(sliceKey, p.Annotations)
 	t.mu.Unlock()
 	t.changed()
 }

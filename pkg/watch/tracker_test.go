@@ -16,9 +16,15 @@ import (
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
 )
 
-type recordingReporter struct{ reasons []string }
+type recordingReporter struct {
+	reasons []string
+	objs    []any
+}
 
-func (r *recordingReporter) Warn(_ any, reason, _ string) { r.reasons = append(r.reasons, reason) }
+func (r *recordingReporter) Warn(obj any, reason, _ string) {
+	r.reasons = append(r.reasons, reason)
+	r.objs = append(r.objs, obj)
+}
 
 func svc(name string) *v1.Service {
 	return &v1.Service{

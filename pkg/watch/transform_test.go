@@ -2,11 +2,13 @@ package watch
 
 import (
 	"reflect"
+	"strings"
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
@@ -41,19 +43,51 @@ func TestStripTransformKeepsTheModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := obj.(*discovery.EndpointSlice)
-	e := s.Endpoints[0]
-	if e.TargetRef != nil || e.Hostname != nil || e.DeprecatedTopology != nil || len(s.OwnerReferences) != 0 || len(s.ManagedFields) != 0 {
-		t.Errorf("not stripped: %+v", s)
+	p, ok := obj.(*parsedSlice)
+	if !ok {
+		t.Fatalf("transformed EndpointSlice is a %T, want the parsed form", obj)
 	}
-	if !reflect.DeepEqual(s.Annotations, map[string]string{TriggerTimeAnnotation: "2026-11-22T10:00:00Z"}) {
-		t.Errorf("annotations = %v, want only the trigger time", s.Annotations)
+	if p.Namespace != "ns" || p.Name != "web-abc" || p.service != "ns/web" || p.err != nil {
+		t.Errorf("parsed slice %s/%s of %q (err %v), want ns/web-abc of ns/web", p.Namespace, p.Name, p.service, p.err)
 	}
-	got, err := proxier.SliceEndpoints(s)
-	if err != nil {
-		t.Fatal(err)
+	if len(p.Labels) != 0 || len(p.OwnerReferences) != 0 || len(p.ManagedFields) != 0 {
+		t.Errorf("metadata not stripped: %+v", p.ObjectMeta)
 	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("model from the stripped slice = %+v, want %+v", got, want)
+	if !reflect.DeepEqual(p.Annotations, map[string]string{TriggerTimeAnnotation: "2026-11-22T10:00:00Z"}) {
+		t.Errorf("annotations = %v, want only the trigger time", p.Annotations)
+	}
+	if !reflect.DeepEqual(p.endpoints, want) {
+		t.Errorf("model from the parsed slice = %+v, want %+v", p.endpoints, want)
+	}
+	// The informer may hand the transform what it already transformed.
+	if again, _ := stripTransform(p); again != p {
+		t.Errorf("a parsed slice transformed again became %+v", again)
+	}
+
+	// An invalid endpoint: the valid ones are kept, the problem is carried
+	// to the tracker, which reports it on the EndpointSlice.
+	bad := full.DeepCopy()
+	bad.Endpoints = append(bad.Endpoints, discovery.Endpoint{Addresses: []string{"not-an-ip"}})
+	obj, _ = stripTransform(bad)
+	p = obj.(*parsedSlice)
+	if p.err == nil || !strings.Contains(p.err.Error(), "not-an-ip") || !reflect.DeepEqual(p.endpoints, want) {
+		t.Errorf("invalid endpoint: err %v, endpoints %+v; want the error and the valid endpoints", p.err, p.endpoints)
+	}
+	rep := &recordingReporter{}
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, rep)
+	tr.updateParsedSlice(p)
+	if len(rep.objs) != 1 || rep.reasons[0] != "InvalidEndpointSlice" {
+		t.Fatalf("reported %v, want one InvalidEndpointSlice", rep.reasons)
+	}
+	if ref, ok := rep.objs[0].(*discovery.EndpointSlice); !ok || ref.Namespace != "ns" || ref.Name != "web-abc" {
+		t.Errorf("the Event is on %#v, want EndpointSlice ns/web-abc", rep.objs[0])
+	}
+
+	// A slice of no Service is kept with its reason, without endpoints.
+	orphan := full.DeepCopy()
+	orphan.Labels = nil
+	obj, _ = stripTransform(orphan)
+	if p := obj.(*parsedSlice); p.service != "" || p.reason == "" || p.endpoints != nil {
+		t.Errorf("slice without a Service label parsed as %+v", p)
 	}
 }

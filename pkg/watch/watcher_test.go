@@ -48,6 +48,16 @@ func TestWatcherDrivesSyncs(t *testing.T) {
 	}
 	wait.For(t, "the Service chain", 10*time.Second, func() bool { return hasChain(svcChain) })
 
+	// An update replaces the slice's endpoints (the informer keeps slices
+	// parsed, and hands the tracker the new form).
+	if _, err := client.DiscoveryV1().EndpointSlices("default").Update(ctx, slice("web-1", "web", "10.0.0.2", "10.0.0.3"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, "the updated endpoints", 10*time.Second, func() bool {
+		eps := tracker.Snapshot().Endpoints[web]
+		return len(eps) == 2 && eps[0].Addr.String() == "10.0.0.2" && eps[1].Addr.String() == "10.0.0.3"
+	})
+
 	if err := client.DiscoveryV1().EndpointSlices("default").Delete(ctx, "web-1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
