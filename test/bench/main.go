@@ -56,6 +56,7 @@ type options struct {
 	tools     string
 	binary    string
 	logs      string
+	extra     []string // more switchyard flags, e.g. --profiling
 }
 
 func main() {
@@ -71,6 +72,7 @@ func main() {
 	flag.StringVar(&o.tools, "tools", "test/e2e/tools/bin", "kube-apiserver, kube-controller-manager and kube-proxy")
 	flag.StringVar(&o.binary, "switchyard", "bin/switchyard", "the switchyard binary")
 	flag.StringVar(&o.logs, "logs", "_output/bench", "component logs")
+	extra := flag.String("switchyard-args", "", "more switchyard flags, space-separated (e.g. --profiling, to read /debug/pprof in the node)")
 	report := flag.String("report", "", "only print the Markdown tables of these results files (comma-separated; phases run separately are put side by side)")
 	flag.Parse()
 	if *report != "" {
@@ -96,6 +98,7 @@ func main() {
 		}
 		o.sizes = append(o.sizes, n)
 	}
+	o.extra = strings.Fields(*extra)
 	o.backends = strings.Split(*backends, ",")
 	o.proxies = strings.Split(*proxies, ",")
 	for _, p := range []*string{&o.repo, &o.tools, &o.binary, &o.logs, &o.out} {

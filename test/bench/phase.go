@@ -152,6 +152,7 @@ func (e *env) startProxy(po *cluster.Owner, n *bnode, proxy, backend string) (*c
 	case "switchyard":
 		args = []string{e.o.binary, "--kubeconfig=" + e.cp.ProxyKubeconfig, "--hostname-override=" + nodeName,
 			"--cluster-cidr=10.244.0.0/16", "--iptables-backend=" + backend, "--healthz-bind-address=", "--metrics-bind-address=127.0.0.1:10249", "-v=1"}
+		args = append(args, e.o.extra...)
 	case "kube-proxy":
 		args = []string{filepath.Join(e.o.tools, "kube-proxy"), "--kubeconfig=" + e.cp.ProxyKubeconfig, "--hostname-override=" + nodeName,
 			"--cluster-cidr=10.244.0.0/16", "--proxy-mode=iptables", "--conntrack-max-per-core=0",
@@ -289,7 +290,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		return true
 	})
 	r.CPULoadSeconds = cpuSeconds(pid)
-	logf("  cold start %.1fs, %.1f CPU s", r.ColdStart, r.CPULoadSeconds)
+	logf("  cold start %.1fs, %.1f CPU s, peak RSS so far %.0f MB", r.ColdStart, r.CPULoadSeconds, peakRSS(pid))
 	if r.ColdStart < 0 {
 		r.PeakRSSMB = peakRSS(pid)
 		return
@@ -349,8 +350,8 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		fmtSec(pct(r.EndpointChange, 50)), fmtSec(pct(r.EndpointChange, 99)), r.RestoreBytesPerChange, r.RestoreSecondsPerChange)
 
 	r.ConnRateLoaded = n.connRate(probe, 5*time.Second)
-	logf("  %.0f connections/s with %d Services", r.ConnRateLoaded, r.Services)
 	r.PeakRSSMB = peakRSS(pid)
+	logf("  %.0f connections/s with %d Services; peak RSS so far %.0f MB", r.ConnRateLoaded, r.Services, r.PeakRSSMB)
 
 	// Mass delete: the loaded namespace goes; a second later a new Service
 	// is created elsewhere, and must reach the node meanwhile.
@@ -395,6 +396,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	logf("  mass delete %s (%d restores, longest %s); a change meanwhile took %s",
 		fmtSec(r.MassDeleteTotal), r.MassDeleteRestores, fmtSec(r.MassDeleteLongest), fmtSec(r.ChangeDuringDelete))
 	r.PeakRSSMB = max(r.PeakRSSMB, peakRSS(pid))
+	logf("  peak RSS %.0f MB", r.PeakRSSMB)
 }
 
 func (e *env) clusterIP(po *cluster.Owner, ns, name string) string {
