@@ -8,6 +8,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/ptr"
 
@@ -89,5 +90,26 @@ func TestStripTransformKeepsTheModel(t *testing.T) {
 	obj, _ = stripTransform(orphan)
 	if p := obj.(*parsedSlice); p.service != "" || p.reason == "" || p.endpoints != nil {
 		t.Errorf("slice without a Service label parsed as %+v", p)
+	}
+}
+
+// A parsed slice deleted while the watch was down reaches the tracker as a
+// tombstone holding the cached (parsed) form, keyed as the API object was.
+func TestParsedSliceTombstoneDeletes(t *testing.T) {
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
+	tr.UpdateService(svc("web"))
+	obj, _ := stripTransform(slice("web-1", "web", "10.0.0.1"))
+	h := sliceHandler(tr)
+	h.OnAdd(obj, true)
+	if n := len(tr.Snapshot().Endpoints[web]); n != 1 {
+		t.Fatalf("%d endpoints after the add, want 1", n)
+	}
+	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+	if err != nil || key != "default/web-1" {
+		t.Fatalf("informer key of a parsed slice = %q (%v), want default/web-1", key, err)
+	}
+	h.OnDelete(cache.DeletedFinalStateUnknown{Key: key, Obj: obj})
+	if n := len(tr.Snapshot().Endpoints[web]); n != 0 {
+		t.Errorf("%d endpoints after the tombstone, want none", n)
 	}
 }
