@@ -29,7 +29,7 @@ type parsedSlice struct {
 // parseSlice reads an EndpointSlice into the form the informer keeps.
 func parseSlice(slice *discovery.EndpointSlice) *parsedSlice {
 	p := &parsedSlice{ObjectMeta: metav1.ObjectMeta{Namespace: slice.Namespace, Name: slice.Name,
-		UID: slice.UID, ResourceVersion: slice.ResourceVersion, DeletionTimestamp: slice.DeletionTimestamp}}
+		UID: slice.UID, ResourceVersion: slice.ResourceVersion}}
 	if v, ok := slice.Annotations[TriggerTimeAnnotation]; ok {
 		p.Annotations = map[string]string{TriggerTimeAnnotation: v}
 	}
