@@ -87,7 +87,23 @@ type Runner struct {
 	// mu serialises our own invocations; the xtables lock (-w) guards
 	// against other programs.
 	mu sync.Mutex
+	// verified holds, on legacy, each table's summary (tableSummary) as it
+	// was when the table was last seen intact: read before a check whose
+	// listings passed, and carried across our own restores that found the
+	// table unchanged since. While a table keeps that summary, Present does
+	// not list it again (a listing loads the whole table), except on every
+	// fullCheckEvery-th check. Guarded by mu.
+	verified map[string]tableSummary
+	checks   int
+	// fullChecks and quickChecks count the checks that listed the chains
+	// and those the summaries answered.
+	fullChecks, quickChecks int
 }
+
+// fullCheckEvery is how often Present lists the chains even though no
+// table changed (a rule replaced by one of the same size at the same place
+// leaves a table's summary as it was).
+const fullCheckEvery = 10
 
 // binaries returns the iptables, -save and -restore names of a backend.
 func binaries(family Family, backend Backend) (string, string, string) {
@@ -216,6 +232,7 @@ func (r *Runner) Probe() error {
 func (r *Runner) Restore(ctx context.Context, text []byte) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.carryVerified()()
 	cmd := exec.CommandContext(ctx, r.restore, "-w", "5", "--noflush")
 	cmd.Stdin = bytes.NewReader(text)
 	var stderr bytes.Buffer
@@ -240,6 +257,7 @@ type StreamRestorer interface {
 func (r *Runner) RestoreStream(ctx context.Context, write func(io.Writer) error) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.carryVerified()()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, r.restore, "-w", "5", "--noflush")
@@ -334,6 +352,7 @@ func (r *Runner) EnsureJumps(ctx context.Context, jumps []Jump) error {
 				continue
 			}
 			r.mu.Lock()
+			delete(r.verified, j.Table)
 			err := r.ipt.Insert(j.Table, j.Chain, 1, j.Args()...)
 			r.mu.Unlock()
 			if err != nil {
@@ -346,7 +365,100 @@ func (r *Runner) EnsureJumps(ctx context.Context, jumps []Jump) error {
 
 // Present reports whether the chains exist and every jump is in place: one
 // call per chain asked for, and one listing per built-in chain.
+//
+// On legacy, a table whose summary is the one it had when last seen intact
+// is not listed again (see verified): in a quiet node the check then costs
+// a system call per table instead of loading the whole table per chain.
 func (r *Runner) Present(ctx context.Context, chains map[string][]string, jumps []Jump) (bool, error) {
+	var tables []string
+	for t := range chains {
+		tables = append(tables, t)
+	}
+	for _, j := range jumps {
+		if !slices.Contains(tables, j.Table) {
+			tables = append(tables, j.Table)
+		}
+	}
+	quick, before := r.quickCheck(tables)
+	if quick {
+		return true, nil
+	}
+	ok, err := r.present(chains, jumps)
+	if ok && err == nil && before != nil {
+		r.mu.Lock()
+		r.verified = before
+		r.mu.Unlock()
+	}
+	return ok, err
+}
+
+// quickCheck says whether every table still has its verified summary. If
+// not, it returns the summaries read now (nil off legacy or when one could
+// not be read), to be recorded should the listings that follow pass: read
+// before them, so a change made meanwhile shows up next time.
+func (r *Runner) quickCheck(tables []string) (bool, map[string]tableSummary) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.backend != BackendLegacy {
+		r.fullChecks++ // nf_tables lists one chain without loading the rest
+		return false, nil
+	}
+	r.checks++
+	now := map[string]tableSummary{}
+	same := r.checks%fullCheckEvery != 0
+	for _, t := range tables {
+		s, err := legacySummary(r.family, t)
+		if err != nil {
+			r.fullChecks++
+			return false, nil
+		}
+		now[t] = s
+		if v, ok := r.verified[t]; !ok || v != s {
+			same = false
+		}
+	}
+	if same {
+		r.quickChecks++
+		return true, nil
+	}
+	r.fullChecks++
+	return false, now
+}
+
+// carryVerified, called with mu held before a restore of ours, returns
+// what to run after it: each verified table that had not changed since it
+// was verified stays verified with its new summary (what changed is our own
+// doing); any other forgets its summary, so the next check lists it.
+func (r *Runner) carryVerified() func() {
+	if len(r.verified) == 0 {
+		return func() {}
+	}
+	var unchanged []string
+	for t, v := range r.verified {
+		if s, err := legacySummary(r.family, t); err == nil && s == v {
+			unchanged = append(unchanged, t)
+		}
+	}
+	return func() {
+		carried := map[string]tableSummary{}
+		for _, t := range unchanged {
+			if s, err := legacySummary(r.family, t); err == nil {
+				carried[t] = s
+			}
+		}
+		r.verified = carried
+	}
+}
+
+// Checks returns how many integrity checks listed the chains and how many
+// the legacy table summaries answered without listing.
+func (r *Runner) Checks() (full, quick int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.fullChecks, r.quickChecks
+}
+
+func (r *Runner) present(chains map[string][]string, jumps []Jump) (bool, error) {
 	for table, names := range chains {
 		for _, c := range names {
 			r.mu.Lock()

@@ -126,12 +126,22 @@ func TestXtablesLockHeldByAnotherProgram(t *testing.T) {
 // canary and top-level chains, the jumps) and a full sync restores
 // everything.
 func TestFlushedAndRewrittenTablesAreRestored(t *testing.T) {
-	netns.RequireRoot(t, "iptables-nft-restore")
+	netns.RequireRoot(t, "iptables-legacy-restore", "iptables-nft-restore")
+	for _, backend := range backends {
+		t.Run(string(backend), func(t *testing.T) { flushedAndRewritten(t, backend) })
+	}
+}
+
+// flushedAndRewritten breaks the rules from outside, three ways, and waits
+// for the loop's integrity check to notice and a full sync to repair. On
+// legacy the check reads the tables' summaries first, and lists chains only
+// when a table changed.
+func flushedAndRewritten(t *testing.T, backend iptables.Backend) {
 	ns := netns.New(t, "flush")
 	err := ns.Do(func() error {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		r, err := iptables.NewRunner(ctx, iptables.IPv4, iptables.BackendNFT)
+		r, err := iptables.NewRunner(ctx, iptables.IPv4, backend)
 		if err != nil {
 			return err
 		}
@@ -175,7 +185,7 @@ func TestFlushedAndRewrittenTablesAreRestored(t *testing.T) {
 			{"a firewall rewriting the filter table", "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n-A INPUT -i lo -j ACCEPT\nCOMMIT\n", false},
 			{"our canary deleted", "*nat\n-X SWY-PROXY-CANARY\nCOMMIT\n", true},
 		} {
-			args := []string{"iptables-nft-restore"}
+			args := []string{"iptables-" + string(backend) + "-restore"}
 			if fault.noflush {
 				args = append(args, "--noflush")
 			}
