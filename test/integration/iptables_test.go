@@ -583,3 +583,38 @@ func TestLegacyCheckListsOnlyWhenATableChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The same for IPv6 (ip6tables-legacy has its own getsockopt level).
+func TestLegacyCheckListsOnlyWhenATableChangedIPv6(t *testing.T) {
+	netns.RequireRoot(t, "ip6tables-legacy-restore")
+	ns := netns.New(t, "quick6")
+	err := ns.Do(func() error {
+		ctx := context.Background()
+		r, err := iptables.NewRunner(ctx, iptables.IPv6, iptables.BackendLegacy)
+		if err != nil {
+			return err
+		}
+		jump := iptables.Jump{Table: "filter", Chain: "INPUT", Target: "SWY-QUICK", Comment: "quick"}
+		if err := r.Restore(ctx, []byte("*filter\n:SWY-QUICK - [0:0]\n-I INPUT 1 -m comment --comment quick -j SWY-QUICK\nCOMMIT\n")); err != nil {
+			return err
+		}
+		chains := map[string][]string{"filter": {"SWY-QUICK"}}
+		for i, want := range []struct{ ok, quick bool }{{true, false}, {true, true}, {false, false}} {
+			if i == 2 {
+				if out, err := exec.Command("ip6tables-legacy", "-D", "INPUT", "-m", "comment", "--comment", "quick", "-j", "SWY-QUICK").CombinedOutput(); err != nil {
+					t.Fatalf("deleting the jump: %v: %s", err, out)
+				}
+			}
+			_, quick0 := r.Checks()
+			ok, err := r.Present(ctx, chains, []iptables.Jump{jump})
+			_, quick1 := r.Checks()
+			if ok != want.ok || err != nil || (quick1 > quick0) != want.quick {
+				t.Errorf("check %d: ok %v (%v), answered by the summary %v; want %v, %v", i, ok, err, quick1 > quick0, want.ok, want.quick)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
