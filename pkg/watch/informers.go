@@ -18,6 +18,8 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
+
+	"github.com/switchyard-proxy/switchyard/pkg/proxier"
 )
 
 // Watcher runs the informers that feed a Tracker.
@@ -31,36 +33,35 @@ type Watcher struct {
 	start    []func(<-chan struct{})
 }
 
-// stripTransform drops what the model never reads, so the informer caches
-// stay small: managed fields, every annotation but the EndpointSlice
-// trigger time (for the network programming latency metric), owner
-// references; on Services the selector and status conditions; on the Node
-// its images and system information. An EndpointSlice is kept parsed
-// (parsedSlice): the tracker shares its endpoint lists, so they are held
-// once. Objects already transformed pass unchanged.
-func stripTransform(obj any) (any, error) {
-	switch o := obj.(type) {
-	case *parsedSlice:
-		return o, nil
-	case *discovery.EndpointSlice:
-		return parseSlice(o), nil
+// newTransform returns the informers' transform. A Service and an
+// EndpointSlice are kept parsed (parsedService, parsedSlice): the tracker
+// keeps the very ports and endpoint lists the informer caches, so they are
+// held once, and nothing else of the API objects is. The Node is stripped
+// (stripTransform). Objects already transformed pass unchanged.
+func newTransform(f proxier.Filter) cache.TransformFunc {
+	return func(obj any) (any, error) {
+		switch o := obj.(type) {
+		case *parsedService, *parsedSlice:
+			return obj, nil
+		case *v1.Service:
+			return parseService(f, o), nil
+		case *discovery.EndpointSlice:
+			return parseSlice(o), nil
+		}
+		return stripTransform(obj)
 	}
+}
+
+// stripTransform drops what the model never reads from an object the
+// informers keep whole (the Node): managed fields, annotations, owner
+// references, and the Node's images and system information.
+func stripTransform(obj any) (any, error) {
 	if m, err := meta.Accessor(obj); err == nil {
 		m.SetManagedFields(nil)
 		m.SetOwnerReferences(nil)
-		if ann := m.GetAnnotations(); len(ann) > 0 {
-			if v, ok := ann[TriggerTimeAnnotation]; ok {
-				m.SetAnnotations(map[string]string{TriggerTimeAnnotation: v})
-			} else {
-				m.SetAnnotations(nil)
-			}
-		}
+		m.SetAnnotations(nil)
 	}
-	switch o := obj.(type) {
-	case *v1.Service:
-		o.Spec.Selector = nil
-		o.Status.Conditions = nil
-	case *v1.Node:
+	if o, ok := obj.(*v1.Node); ok {
 		o.Status.Images = nil
 		o.Status.NodeInfo = v1.NodeSystemInfo{}
 		o.Status.VolumesAttached, o.Status.VolumesInUse = nil, nil
@@ -68,15 +69,15 @@ func stripTransform(obj any) (any, error) {
 	return obj, nil
 }
 
-// sliceHandler feeds the tracker from the EndpointSlice informer, which
-// holds parsed slices (or API objects, had no transform run).
-func sliceHandler(tracker *Tracker) cache.ResourceEventHandlerFuncs {
+// parsedHandler feeds the tracker from an informer that holds parsed
+// objects P (or API objects A, had no transform run).
+func parsedHandler[P, A any](parsed func(P), api func(A), del func(namespace, name string)) cache.ResourceEventHandlerFuncs {
 	update := func(obj any) {
 		switch o := obj.(type) {
-		case *parsedSlice:
-			tracker.updateParsedSlice(o)
-		case *discovery.EndpointSlice:
-			tracker.UpdateSlice(o)
+		case P:
+			parsed(o)
+		case A:
+			api(o)
 		}
 	}
 	return cache.ResourceEventHandlerFuncs{
@@ -84,10 +85,20 @@ func sliceHandler(tracker *Tracker) cache.ResourceEventHandlerFuncs {
 		UpdateFunc: func(_, obj any) { update(obj) },
 		DeleteFunc: func(obj any) {
 			if ns, name, ok := deletedKey(obj); ok {
-				tracker.DeleteSlice(ns, name)
+				del(ns, name)
 			}
 		},
 	}
+}
+
+// sliceHandler feeds the tracker from the EndpointSlice informer.
+func sliceHandler(t *Tracker) cache.ResourceEventHandlerFuncs {
+	return parsedHandler(t.updateParsedSlice, t.UpdateSlice, t.DeleteSlice)
+}
+
+// serviceHandler feeds the tracker from the Service informer.
+func serviceHandler(t *Tracker) cache.ResourceEventHandlerFuncs {
+	return parsedHandler(t.updateParsedService, t.UpdateService, t.DeleteService)
 }
 
 // NewWatcher sets up informers on Services (filtered by the proxy-name
@@ -108,18 +119,10 @@ func NewWatcher(client kubernetes.Interface, tracker *Tracker, resync time.Durat
 	w.slices = sliceFactory.Discovery().V1().EndpointSlices().Informer()
 	w.nodes = nodeFactory.Core().V1().Nodes().Informer()
 	for _, inf := range []cache.SharedIndexInformer{w.services, w.slices, w.nodes} {
-		_ = inf.SetTransform(stripTransform)
+		_ = inf.SetTransform(newTransform(tracker.filter))
 	}
 
-	w.handlers[0], _ = w.services.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { tracker.UpdateService(obj.(*v1.Service)) },
-		UpdateFunc: func(_, obj any) { tracker.UpdateService(obj.(*v1.Service)) },
-		DeleteFunc: func(obj any) {
-			if ns, name, ok := deletedKey(obj); ok {
-				tracker.DeleteService(ns, name)
-			}
-		},
-	})
+	w.handlers[0], _ = w.services.AddEventHandler(serviceHandler(tracker))
 	w.handlers[1], _ = w.slices.AddEventHandler(sliceHandler(tracker))
 	w.handlers[2], _ = w.nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { tracker.UpdateNode(obj.(*v1.Node)) },

@@ -18,6 +18,7 @@ type parsedSlice struct {
 	// ObjectMeta keeps what the informer and the tracker read: namespace,
 	// name, UID and resource version, and the trigger-time annotation.
 	metav1.ObjectMeta
+	parsedKind
 	// service is the owning Service's "namespace/name"; "" when the slice
 	// is ignored, for reason.
 	service, reason string
@@ -28,8 +29,7 @@ type parsedSlice struct {
 
 // parseSlice reads an EndpointSlice into the form the informer keeps.
 func parseSlice(slice *discovery.EndpointSlice) *parsedSlice {
-	p := &parsedSlice{ObjectMeta: metav1.ObjectMeta{Namespace: slice.Namespace, Name: slice.Name,
-		UID: slice.UID, ResourceVersion: slice.ResourceVersion}}
+	p := &parsedSlice{ObjectMeta: identity(&slice.ObjectMeta)}
 	if v, ok := slice.Annotations[TriggerTimeAnnotation]; ok {
 		p.Annotations = map[string]string{TriggerTimeAnnotation: v}
 	}
@@ -42,17 +42,25 @@ func parseSlice(slice *discovery.EndpointSlice) *parsedSlice {
 
 // ref is the EndpointSlice an Event about this slice is recorded on.
 func (p *parsedSlice) ref() *discovery.EndpointSlice {
-	return &discovery.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: p.Name,
-		UID: p.UID, ResourceVersion: p.ResourceVersion}}
+	return &discovery.EndpointSlice{ObjectMeta: identity(&p.ObjectMeta)}
 }
 
-// GetObjectKind and DeepCopyObject make a parsedSlice a runtime.Object, as
-// cache tombstones and client-go's debugging aids expect. The endpoint
-// lists are never modified once parsed, so a copy shares them.
-func (p *parsedSlice) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
-
+// DeepCopyObject makes a parsedSlice a runtime.Object, as cache tombstones
+// and client-go's debugging aids expect. The endpoint lists are never
+// modified once parsed, so a copy shares them.
 func (p *parsedSlice) DeepCopyObject() runtime.Object {
 	c := *p
 	p.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
 	return &c
+}
+
+// parsedKind gives the parsed forms the kind of an object with no kind.
+type parsedKind struct{}
+
+func (parsedKind) GetObjectKind() schema.ObjectKind { return schema.EmptyObjectKind }
+
+// identity is the metadata a parsed form keeps of its object: namespace,
+// name, UID, resource version.
+func identity(m *metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: m.Namespace, Name: m.Name, UID: m.UID, ResourceVersion: m.ResourceVersion}
 }

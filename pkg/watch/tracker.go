@@ -112,19 +112,23 @@ func (t *Tracker) warn(obj any, reason string, err error) {
 
 // UpdateService records a Service's current state (add or update).
 func (t *Tracker) UpdateService(svc *v1.Service) {
-	key := svc.Namespace + "/" + svc.Name
-	ports, err := t.filter.ServicePorts(svc)
-	if err != nil {
-		t.warn(svc, "InvalidService", err)
+	t.updateParsedService(parseService(t.filter, svc))
+}
+
+// updateParsedService records a Service as the informer keeps it.
+func (t *Tracker) updateParsedService(p *parsedService) {
+	key := p.Namespace + "/" + p.Name
+	if p.err != nil {
+		t.warn(p.ref(), "InvalidService", p.err)
 	}
-	if reason := t.filter.SkipReason(svc); reason != "" {
-		t.logger.V(4).Info("Skipping Service", "service", klog.KObj(svc), "reason", reason)
+	if p.skip != "" {
+		t.logger.V(4).Info("Skipping Service", "service", klog.KObj(p), "reason", p.skip)
 	}
 	t.mu.Lock()
-	if len(ports) == 0 {
+	if len(p.ports) == 0 {
 		delete(t.services, key)
 	} else {
-		t.services[key] = ports
+		t.services[key] = p.ports
 	}
 	t.serviceChangedLocked(key)
 	t.mu.Unlock()

@@ -40,7 +40,7 @@ func TestStripTransformKeepsTheModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	obj, err := stripTransform(full.DeepCopy())
+	obj, err := newTransform(proxier.Filter{})(full.DeepCopy())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestStripTransformKeepsTheModel(t *testing.T) {
 		t.Errorf("model from the parsed slice = %+v, want %+v", p.endpoints, want)
 	}
 	// The informer may hand the transform what it already transformed.
-	if again, _ := stripTransform(p); again != p {
+	if again, _ := newTransform(proxier.Filter{})(p); again != p {
 		t.Errorf("a parsed slice transformed again became %+v", again)
 	}
 
@@ -69,7 +69,7 @@ func TestStripTransformKeepsTheModel(t *testing.T) {
 	// to the tracker, which reports it on the EndpointSlice.
 	bad := full.DeepCopy()
 	bad.Endpoints = append(bad.Endpoints, discovery.Endpoint{Addresses: []string{"not-an-ip"}})
-	obj, _ = stripTransform(bad)
+	obj, _ = newTransform(proxier.Filter{})(bad)
 	p = obj.(*parsedSlice)
 	if p.err == nil || !strings.Contains(p.err.Error(), "not-an-ip") || !reflect.DeepEqual(p.endpoints, want) {
 		t.Errorf("invalid endpoint: err %v, endpoints %+v; want the error and the valid endpoints", p.err, p.endpoints)
@@ -87,7 +87,7 @@ func TestStripTransformKeepsTheModel(t *testing.T) {
 	// A slice of no Service is kept with its reason, without endpoints.
 	orphan := full.DeepCopy()
 	orphan.Labels = nil
-	obj, _ = stripTransform(orphan)
+	obj, _ = newTransform(proxier.Filter{})(orphan)
 	if p := obj.(*parsedSlice); p.service != "" || p.reason == "" || p.endpoints != nil {
 		t.Errorf("slice without a Service label parsed as %+v", p)
 	}
@@ -98,7 +98,7 @@ func TestStripTransformKeepsTheModel(t *testing.T) {
 func TestParsedSliceTombstoneDeletes(t *testing.T) {
 	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
 	tr.UpdateService(svc("web"))
-	obj, _ := stripTransform(slice("web-1", "web", "10.0.0.1"))
+	obj, _ := newTransform(proxier.Filter{})(slice("web-1", "web", "10.0.0.1"))
 	h := sliceHandler(tr)
 	h.OnAdd(obj, true)
 	if n := len(tr.Snapshot().Endpoints[web]); n != 1 {
@@ -111,5 +111,68 @@ func TestParsedSliceTombstoneDeletes(t *testing.T) {
 	h.OnDelete(cache.DeletedFinalStateUnknown{Key: key, Obj: obj})
 	if n := len(tr.Snapshot().Endpoints[web]); n != 0 {
 		t.Errorf("%d endpoints after the tombstone, want none", n)
+	}
+}
+
+// A Service is kept as its ports, read through the tracker's filter: the
+// model is the one the API object gives, bad fields still get their Event,
+// and a Service that is not proxied keeps its reason and no ports.
+func TestServiceTransformKeepsTheModel(t *testing.T) {
+	full := svc("web")
+	full.Labels = map[string]string{"app": "web"}
+	full.Annotations = map[string]string{"note": "x"}
+	full.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
+	full.Spec.Selector = map[string]string{"app": "web"}
+	full.Spec.ExternalIPs = []string{"192.0.2.10"}
+	want, err := proxier.Filter{}.ServicePorts(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	transform := newTransform(proxier.Filter{})
+	obj, _ := transform(full.DeepCopy())
+	p, ok := obj.(*parsedService)
+	if !ok {
+		t.Fatalf("transformed Service is a %T, want the parsed form", obj)
+	}
+	if p.Namespace != "default" || p.Name != "web" || p.skip != "" || p.err != nil || len(p.Labels)+len(p.Annotations)+len(p.ManagedFields) != 0 {
+		t.Errorf("parsed Service %+v", p)
+	}
+	if !reflect.DeepEqual(p.ports, want) {
+		t.Errorf("ports from the parsed Service = %+v, want %+v", p.ports, want)
+	}
+	if again, _ := transform(p); again != p {
+		t.Errorf("a parsed Service transformed again became %+v", again)
+	}
+
+	bad := full.DeepCopy()
+	bad.Spec.ExternalIPs = append(bad.Spec.ExternalIPs, "not-an-ip")
+	obj, _ = transform(bad)
+	rep := &recordingReporter{}
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, rep)
+	tr.updateParsedService(obj.(*parsedService))
+	if len(rep.objs) != 1 || rep.reasons[0] != "InvalidService" {
+		t.Fatalf("reported %v, want one InvalidService", rep.reasons)
+	}
+	if ref, ok := rep.objs[0].(*v1.Service); !ok || ref.Namespace != "default" || ref.Name != "web" {
+		t.Errorf("the Event is on %#v, want Service default/web", rep.objs[0])
+	}
+	if got := tr.Snapshot().Services[web]; got == nil || len(got.ExternalIPs) != 1 {
+		t.Errorf("the valid parts of an invalid Service: %+v, want its port with one external IP", got)
+	}
+
+	ext := full.DeepCopy()
+	ext.Spec.Type, ext.Spec.ExternalName = v1.ServiceTypeExternalName, "example.com"
+	obj, _ = transform(ext)
+	if p := obj.(*parsedService); p.skip == "" || len(p.ports) != 0 {
+		t.Errorf("ExternalName Service parsed as %+v, want skipped without ports", p)
+	}
+
+	// Deleted while the watch was down: the tombstone holds the parsed form.
+	obj, _ = transform(full.DeepCopy())
+	h := serviceHandler(tr)
+	h.OnAdd(obj, true)
+	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "default/web", Obj: obj})
+	if _, ok := tr.Snapshot().Services[web]; ok {
+		t.Error("the Service is still there after its tombstone")
 	}
 }
