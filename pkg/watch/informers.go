@@ -69,20 +69,12 @@ func stripTransform(obj any) (any, error) {
 	return obj, nil
 }
 
-// parsedHandler feeds the tracker from an informer that holds parsed
-// objects P (or API objects A, had no transform run).
-func parsedHandler[P, A any](parsed func(P), api func(A), del func(namespace, name string)) cache.ResourceEventHandlerFuncs {
-	update := func(obj any) {
-		switch o := obj.(type) {
-		case P:
-			parsed(o)
-		case A:
-			api(o)
-		}
-	}
+// parsedHandler feeds the tracker from an informer whose transform keeps
+// objects parsed (P).
+func parsedHandler[P any](update func(P), del func(namespace, name string)) cache.ResourceEventHandlerFuncs {
 	return cache.ResourceEventHandlerFuncs{
-		AddFunc:    update,
-		UpdateFunc: func(_, obj any) { update(obj) },
+		AddFunc:    func(obj any) { update(obj.(P)) },
+		UpdateFunc: func(_, obj any) { update(obj.(P)) },
 		DeleteFunc: func(obj any) {
 			if ns, name, ok := deletedKey(obj); ok {
 				del(ns, name)
@@ -93,12 +85,12 @@ func parsedHandler[P, A any](parsed func(P), api func(A), del func(namespace, na
 
 // sliceHandler feeds the tracker from the EndpointSlice informer.
 func sliceHandler(t *Tracker) cache.ResourceEventHandlerFuncs {
-	return parsedHandler(t.updateParsedSlice, t.UpdateSlice, t.DeleteSlice)
+	return parsedHandler(t.updateParsedSlice, t.DeleteSlice)
 }
 
 // serviceHandler feeds the tracker from the Service informer.
 func serviceHandler(t *Tracker) cache.ResourceEventHandlerFuncs {
-	return parsedHandler(t.updateParsedService, t.UpdateService, t.DeleteService)
+	return parsedHandler(t.updateParsedService, t.DeleteService)
 }
 
 // NewWatcher sets up informers on Services (filtered by the proxy-name
