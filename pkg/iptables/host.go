@@ -84,8 +84,11 @@ type Runner struct {
 	save    string
 	ipt     *goipt.IPTables
 	reason  string
-	// mu serialises our own invocations; the xtables lock (-w) guards
-	// against other programs.
+	// mu serialises our own writes and guards the fields below; the
+	// xtables lock (-w) guards against other programs. Read-only calls (the
+	// integrity check's listings) do not take it: while another program
+	// holds the xtables lock they wait for it, and a sync must not wait
+	// behind them.
 	mu sync.Mutex
 	// verified holds, on legacy, each table's summary (tableSummary) as it
 	// was when the table was last seen intact: read before a check whose
@@ -238,7 +241,7 @@ func (r *Runner) Restore(ctx context.Context, text []byte) error {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s: %w: %s", r.restore, err, strings.TrimSpace(stderr.String()))
+		return wrapBusy(fmt.Errorf("%s: %w: %s", r.restore, err, strings.TrimSpace(stderr.String())))
 	}
 	return nil
 }
@@ -274,7 +277,7 @@ func (r *Runner) RestoreStream(ctx context.Context, write func(io.Writer) error)
 		cancel() // killed before it sees the end of its input
 		_ = in.Close()
 		_ = cmd.Wait()
-		return fmt.Errorf("%s: writing its input: %w: %s", r.restore, werr, strings.TrimSpace(stderr.String()))
+		return wrapBusy(fmt.Errorf("%s: writing its input: %w: %s", r.restore, werr, strings.TrimSpace(stderr.String())))
 	}
 	if err := in.Close(); err != nil {
 		cancel()
@@ -282,7 +285,7 @@ func (r *Runner) RestoreStream(ctx context.Context, write func(io.Writer) error)
 		return fmt.Errorf("%s: %w", r.restore, err)
 	}
 	if err := cmd.Wait(); err != nil {
-		return fmt.Errorf("%s: %w: %s", r.restore, err, strings.TrimSpace(stderr.String()))
+		return wrapBusy(fmt.Errorf("%s: %w: %s", r.restore, err, strings.TrimSpace(stderr.String())))
 	}
 	return nil
 }
@@ -296,7 +299,7 @@ func (r *Runner) TestRestore(ctx context.Context, text []byte) error {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s --test: %w: %s", r.restore, err, strings.TrimSpace(stderr.String()))
+		return wrapBusy(fmt.Errorf("%s --test: %w: %s", r.restore, err, strings.TrimSpace(stderr.String())))
 	}
 	return nil
 }
@@ -461,18 +464,19 @@ func (r *Runner) Checks() (full, quick int) {
 func (r *Runner) present(chains map[string][]string, jumps []Jump) (bool, error) {
 	for table, names := range chains {
 		for _, c := range names {
-			r.mu.Lock()
 			ok, err := r.ipt.ChainExists(table, c)
-			r.mu.Unlock()
-			if err != nil || !ok {
-				return false, err
+			if err != nil {
+				return false, wrapBusy(err)
+			}
+			if !ok {
+				return false, nil
 			}
 		}
 	}
 	for _, g := range groupJumps(jumps) {
 		have, err := r.listChain(g.table, g.chain)
 		if err != nil {
-			return false, fmt.Errorf("listing %s/%s: %w", g.table, g.chain, err)
+			return false, fmt.Errorf("listing %s/%s: %w", g.table, g.chain, wrapBusy(err))
 		}
 		for _, j := range g.jumps {
 			if !HasSavedJump(have, j) {
@@ -484,12 +488,9 @@ func (r *Runner) present(chains map[string][]string, jumps []Jump) (bool, error)
 }
 
 // listChain returns the jumps of one chain as iptables -S prints them (the
-// same lines as iptables-save). The lock is held per call, so a restore
-// waits for at most one listing.
+// same lines as iptables-save). It does not take mu (see there).
 func (r *Runner) listChain(table, chain string) ([]SavedJump, error) {
-	r.mu.Lock()
 	lines, err := r.ipt.List(table, chain)
-	r.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
@@ -544,4 +545,21 @@ func (d *DryRun) EnsureJumps(_ context.Context, jumps []Jump) error {
 
 func (d *DryRun) Present(context.Context, map[string][]string, []Jump) (bool, error) {
 	return true, nil
+}
+
+// ErrLockBusy marks a call that gave up waiting for the xtables lock:
+// another program held it longer than we wait. It says nothing about our
+// rules, so an integrity check that meets it is inconclusive, not failed.
+var ErrLockBusy = errors.New("another program holds the xtables lock")
+
+// wrapBusy marks err with ErrLockBusy when iptables said it could not get
+// the xtables lock.
+func wrapBusy(err error) error {
+	if err == nil || errors.Is(err, ErrLockBusy) {
+		return err
+	}
+	if msg := err.Error(); strings.Contains(msg, "holding the xtables lock") || strings.Contains(msg, "Can't lock") {
+		return fmt.Errorf("%w: %w", ErrLockBusy, err)
+	}
+	return err
 }

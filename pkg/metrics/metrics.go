@@ -88,6 +88,9 @@ var (
 		Help: "Service ports left out of the rules because the kernel refused them"})
 	PendingServicePorts = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "pending_service_ports",
 		Help: "Changed Service ports the last sync left for the next one, to keep each restore bounded"}, []string{"ip_family"})
+	IntegrityChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "integrity_checks_total",
+		Help: "Checks that the programmed rules are still on the host, by result: intact, broken (a full sync follows) or busy (another program held the xtables lock; nothing seen)"},
+		[]string{"ip_family", "result"})
 )
 
 func init() {
@@ -97,5 +100,5 @@ func init() {
 		RestoreFailures, PartialRestoreFailures, RulesTotal, RulesLast, NoLocalEndpoints, HealthzTotal, LivezTotal,
 		ConntrackReconcileDuration, ConntrackDeleted,
 		RestoreBytes, Syncs, ChainsWritten, ChainsDeleted, RulesByLevel, ConntrackEntriesDeleted, QuarantinedServices,
-		PendingServicePorts, RestoreDuration)
+		PendingServicePorts, RestoreDuration, IntegrityChecks)
 }

@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 	"github.com/switchyard-proxy/switchyard/pkg/metrics"
 )
 
@@ -60,7 +61,7 @@ type Proxier struct {
 	pendingSince time.Time
 	lastSnap     *Snapshot
 
-	checksOK, checksFailed atomic.Int64
+	checksOK, checksFailed, checksBusy atomic.Int64
 }
 
 // CheckCounts reports how many integrity checks found the rules in place,
@@ -68,6 +69,10 @@ type Proxier struct {
 func (p *Proxier) CheckCounts() (ok, failed int64) {
 	return p.checksOK.Load(), p.checksFailed.Load()
 }
+
+// BusyChecks reports how many integrity checks saw nothing because another
+// program held the xtables lock longer than we wait.
+func (p *Proxier) BusyChecks() int64 { return p.checksBusy.Load() }
 
 // Syncers returns the per-family syncers.
 func (p *Proxier) Syncers() []*Syncer { return p.syncers }
@@ -311,11 +316,20 @@ func (p *Proxier) checkLoop(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			family := string(s.Config.Family)
 			if err == nil && ok {
 				p.checksOK.Add(1)
+				metrics.IntegrityChecks.WithLabelValues(family, "intact").Inc()
+				continue
+			}
+			if errors.Is(err, iptables.ErrLockBusy) {
+				p.checksBusy.Add(1)
+				metrics.IntegrityChecks.WithLabelValues(family, "busy").Inc()
+				logger.Info("Could not check the rules: another program held the xtables lock; checking again next period", "family", s.Config.Family, "err", err)
 				continue
 			}
 			p.checksFailed.Add(1)
+			metrics.IntegrityChecks.WithLabelValues(family, "broken").Inc()
 			logger.Info("Rules are not intact; running a full sync", "family", s.Config.Family, "err", err)
 			p.RequestSync()
 		}

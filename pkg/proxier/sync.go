@@ -158,6 +158,11 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	if err == nil || ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 		return res, err
 	}
+	if errors.Is(err, iptables.ErrLockBusy) {
+		// Another program held the lock: no rule was refused, and every
+		// test restore of a bisection would wait for the lock in turn.
+		return res, err
+	}
 	offenders := s.findOffenders(ctx, s.withoutQuarantined(snap))
 	if len(offenders) == 0 {
 		return res, err
@@ -342,6 +347,11 @@ func (s *Syncer) Check(ctx context.Context) (bool, error) {
 	// (about half a second at 10,000 Services), so the check asks for one
 	// chain per table and lists each built-in chain once: 8 calls.
 	ok, err := s.Host.Present(ctx, canaries(), rules.Jumps)
+	if errors.Is(err, iptables.ErrLockBusy) {
+		// Another program held the lock longer than we wait: nothing was
+		// seen, so nothing is repaired. The next check looks again.
+		return false, err
+	}
 	if err != nil || !ok {
 		s.mu.Lock()
 		defer s.mu.Unlock()

@@ -287,6 +287,68 @@ func TestCheckDetectsFlushedRules(t *testing.T) {
 	}
 }
 
+// busyHost is a host whose integrity checks meet another program holding
+// the xtables lock.
+type busyHost struct{ *iptables.Fake }
+
+func (busyHost) Present(context.Context, map[string][]string, []iptables.Jump) (bool, error) {
+	return false, fmt.Errorf("listing nat/PREROUTING: %w: exit status 4", iptables.ErrLockBusy)
+}
+
+// A check that could not look (the lock was busy) saw nothing broken: the
+// next sync stays partial.
+func TestBusyCheckDoesNotForceAFullSync(t *testing.T) {
+	ctx := context.Background()
+	host := busyHost{iptables.NewFake()}
+	s := NewSyncer(defaultConfig(), host)
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	if _, err := s.Sync(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	ok, err := s.Check(ctx)
+	if ok || !errors.Is(err, iptables.ErrLockBusy) {
+		t.Fatalf("check = %v, %v; want not ok and ErrLockBusy", ok, err)
+	}
+	next := NewSnapshot()
+	addService(next, "web", "10.96.0.10", 3)
+	res, err := s.Sync(ctx, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Full {
+		t.Error("a busy check made the next sync full")
+	}
+}
+
+// A restore that failed because another program held the lock refused
+// nothing: no test restore bisects it (each would wait for the lock too)
+// and nothing is quarantined.
+func TestLockBusyRestoreIsNotBisected(t *testing.T) {
+	ctx := context.Background()
+	fake := iptables.NewFake()
+	s := NewSyncer(defaultConfig(), fake)
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	addService(snap, "db", "10.96.0.11", 1)
+	fake.SetFailRestore(fmt.Errorf("iptables-legacy-restore: %w: exit status 4", iptables.ErrLockBusy))
+	_, err := s.Sync(ctx, snap)
+	if !errors.Is(err, iptables.ErrLockBusy) {
+		t.Fatalf("sync error %v, want ErrLockBusy", err)
+	}
+	if fake.Tests != 0 {
+		t.Errorf("%d test restores after a busy lock, want none", fake.Tests)
+	}
+	fake.SetFailRestore(nil)
+	res, err := s.Sync(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Quarantined != 0 {
+		t.Errorf("%d Service ports quarantined for a busy lock", res.Quarantined)
+	}
+}
+
 type fixedSource struct {
 	mu   sync.Mutex
 	snap *Snapshot

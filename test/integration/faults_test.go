@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"sort"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
@@ -46,27 +49,11 @@ func TestXtablesLockHeldByAnotherProgram(t *testing.T) {
 	ns := tp.node.NS
 	var load *netns.Load
 	err := ns.Do(func() error {
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		r, err := iptables.NewRunner(ctx, iptables.IPv4, iptables.BackendLegacy)
+		r, src, p, stop, err := startLegacy(ns, 2*time.Second)
 		if err != nil {
 			return err
 		}
-		src := &source{snap: withLive(snapshot(map[string]int{"web": 2}))}
-		p := proxier.New(proxier.LoopConfig{MinSyncPeriod: 10 * time.Millisecond, SyncPeriod: 2 * time.Second}, src, proxier.NewSyncer(cfg(), r))
-		// The loop runs iptables from its own goroutine: that goroutine
-		// must sit in the namespace too.
-		loopDone := make(chan struct{})
-		go func() {
-			defer close(loopDone)
-			_ = ns.Do(func() error { p.Run(ctx); return nil })
-		}()
-		defer func() { cancel(); <-loopDone }()
-		select {
-		case <-p.Synced():
-		case <-time.After(30 * time.Second):
-			return fmt.Errorf("no first sync")
-		}
+		defer stop()
 		load = tp.load()
 
 		// Hold the lock for 8 s, longer than the restore's 5 s wait.
@@ -121,6 +108,98 @@ func TestXtablesLockHeldByAnotherProgram(t *testing.T) {
 	}
 }
 
+// On legacy the integrity check's listings wait for the xtables lock too.
+// While one waits behind another program's lock, a change must still go
+// straight to its restore (and fail there after its own 5-s wait, to be
+// retried), not queue behind the check; and the check, when it gives up,
+// has seen nothing broken: it asks for no full sync.
+func TestCheckWaitingForTheLockBlocksNothing(t *testing.T) {
+	netns.RequireRoot(t, "iptables-legacy-restore")
+	tp := newTopology(t)
+	ns := tp.node.NS
+	var load *netns.Load
+	err := ns.Do(func() error {
+		r, src, p, stop, err := startLegacy(ns, time.Second)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		load = tp.load()
+
+		// Another program takes the lock and keeps it until we let go.
+		lock, err := os.OpenFile("/run/xtables.lock", os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			return err
+		}
+		defer lock.Close()
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+			return err
+		}
+		locked := true
+		unlock := func() {
+			if locked {
+				_ = unix.Flock(int(lock.Fd()), unix.LOCK_UN)
+				locked = false
+			}
+		}
+		defer unlock()
+
+		// A check lists a chain (the first after a sync, and every tenth,
+		// list) and waits for the lock: go-iptables passes --wait.
+		var check []int
+		if !wait.Poll(60*time.Second, func() bool { check = ns.Processes("--wait"); return len(check) > 0 }) {
+			return fmt.Errorf("no integrity check came to wait for the lock")
+		}
+		checkGone := func() bool {
+			for _, pid := range check {
+				if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+					return false
+				}
+			}
+			return true
+		}
+		want := withLive(snapshot(map[string]int{"web": 3, "db": 1}))
+		src.set(want)
+		p.RequestSync()
+		// The restore fails after its own 5 s while the check still waits
+		// (it waits 10 s): the sync did not queue behind it.
+		failed := func() bool { _, err, _ := p.Status(); return err != nil }
+		if !wait.Poll(30*time.Second, func() bool { return failed() || checkGone() }) {
+			return fmt.Errorf("the change neither failed nor waited for the check")
+		}
+		if !failed() {
+			return fmt.Errorf("the change's restore waited until the integrity check gave up")
+		}
+		_, lastErr, _ := p.Status()
+		if !errors.Is(lastErr, iptables.ErrLockBusy) && !strings.Contains(lastErr.Error(), "xtables lock") {
+			t.Errorf("the failed sync does not say the lock was busy: %v", lastErr)
+		}
+		// The check gives up after its 10 s: inconclusive, not broken.
+		if !wait.Poll(30*time.Second, func() bool { return p.BusyChecks() > 0 }) {
+			return fmt.Errorf("no check reported the busy lock")
+		}
+		if _, broken := p.CheckCounts(); broken > 0 {
+			t.Errorf("%d checks called the rules broken while they could not look", broken)
+		}
+		unlock()
+		if !wait.Poll(40*time.Second, func() bool {
+			got, _ := hostChains(t, r)
+			return len(got["nat"]) == len(wantChains(proxier.Render(want, cfg()))["nat"])
+		}) {
+			return fmt.Errorf("did not converge after the lock was released")
+		}
+		got, _ := hostChains(t, r)
+		sameChains(t, "after the lock", got, wantChains(proxier.Render(want, cfg())))
+		return nil
+	})
+	if load != nil {
+		noFailures(t, "check waiting for the lock", load, 20)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Someone flushes the nat table, or a firewall tool rewrites the filter
 // table without our chains: the check every sync period notices (the
 // canary and top-level chains, the jumps) and a full sync restores
@@ -148,12 +227,7 @@ func flushedAndRewritten(t *testing.T, backend iptables.Backend) {
 		snap := snapshot(map[string]int{"web": 2, "db": 1})
 		src := &source{snap: snap}
 		p := proxier.New(proxier.LoopConfig{MinSyncPeriod: 10 * time.Millisecond, SyncPeriod: 500 * time.Millisecond}, src, proxier.NewSyncer(cfg(), r))
-		loopDone := make(chan struct{})
-		go func() {
-			defer close(loopDone)
-			_ = ns.Do(func() error { p.Run(ctx); return nil })
-		}()
-		defer func() { cancel(); <-loopDone }()
+		defer runLoop(ctx, ns, p)()
 		want := wantChains(proxier.Render(snap, cfg()))
 		intact := func() bool {
 			got, jumps := hostChains(t, r)
@@ -336,4 +410,44 @@ func TestUpgradeFromADifferentChainLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	reachAll(t, tp.client.NS, liveAddr, []string{"pod1", "pod2"}, 100)
+}
+
+// startLegacy runs a sync loop on the legacy backend inside ns, for the
+// live Service and "web" with two endpoints, and waits for its first sync.
+func startLegacy(ns *netns.NS, syncPeriod time.Duration) (*iptables.Runner, *source, *proxier.Proxier, func(), error) {
+	r, err := iptables.NewRunner(context.Background(), iptables.IPv4, iptables.BackendLegacy)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	src := &source{snap: withLive(snapshot(map[string]int{"web": 2}))}
+	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: 10 * time.Millisecond, SyncPeriod: syncPeriod}, src, proxier.NewSyncer(cfg(), r))
+	stop := runLoop(context.Background(), ns, p)
+	if err := firstSync(p); err != nil {
+		stop()
+		return nil, nil, nil, nil, err
+	}
+	return r, src, p, stop, nil
+}
+
+// runLoop runs p's sync loop on a goroutine inside ns (the loop runs
+// iptables from its own goroutine, which must sit in the namespace too)
+// and returns what stops it: cancel and wait.
+func runLoop(ctx context.Context, ns *netns.NS, p *proxier.Proxier) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = ns.Do(func() error { p.Run(ctx); return nil })
+	}()
+	return func() { cancel(); <-done }
+}
+
+// firstSync waits for the loop's first successful sync.
+func firstSync(p *proxier.Proxier) error {
+	select {
+	case <-p.Synced():
+		return nil
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("no first sync")
+	}
 }

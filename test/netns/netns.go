@@ -396,15 +396,15 @@ func (n *Node) AddDualStackPod(t T, name, ip, ip6 string) *Pod {
 	return p
 }
 
-// Kill sends SIGKILL to the processes in this namespace whose command line
-// contains substr, and reports how many it signalled. Processes in other
-// namespaces (another test's, a benchmark's) are never touched.
-func (n *NS) Kill(substr string) int {
+// Processes returns the processes in this namespace whose command line
+// contains substr. Processes in other namespaces (another test's, a
+// benchmark's) are never listed.
+func (n *NS) Processes(substr string) []int {
 	out, err := exec.Command("ip", "netns", "pids", n.Name).Output()
 	if err != nil {
-		return 0
+		return nil
 	}
-	killed := 0
+	var pids []int
 	for _, f := range strings.Fields(string(out)) {
 		pid, err := strconv.Atoi(f)
 		if err != nil {
@@ -414,6 +414,16 @@ func (n *NS) Kill(substr string) int {
 		if err != nil || !strings.Contains(strings.ReplaceAll(string(cmdline), "\x00", " "), substr) {
 			continue
 		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// Kill sends SIGKILL to the processes in this namespace whose command line
+// contains substr (see Processes), and reports how many it signalled.
+func (n *NS) Kill(substr string) int {
+	killed := 0
+	for _, pid := range n.Processes(substr) {
 		if unix.Kill(pid, unix.SIGKILL) == nil {
 			killed++
 		}
