@@ -64,8 +64,16 @@ func TestProxierHealth(t *testing.T) {
 	src.set(snap)
 	p.RequestSync()
 	wait.For(t, "unhealthy", 5*time.Second, func() bool { return !p.Healthy() })
+	fh := p.FamilyHealth()
+	if len(fh) != 1 || fh[0].Family != defaultConfig().Family || fh[0].Healthy || fh[0].LastSynced.IsZero() {
+		t.Errorf("family health while the sync is overdue: %+v", fh)
+	}
+	failedSince := fh[0].LastSynced
 	fake.SetFailRestore(nil)
 	wait.For(t, "healthy again after the retry succeeds", 5*time.Second, p.Healthy)
+	if fh := p.FamilyHealth(); !fh[0].Healthy || !fh[0].LastSynced.After(failedSince) {
+		t.Errorf("family health after the retry: %+v", fh)
+	}
 	if synced.Load() == 0 {
 		t.Error("OnSynced never called")
 	}

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
@@ -133,6 +134,33 @@ func (p *Proxier) Healthy() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.pendingSince.IsZero() || time.Since(p.pendingSince) < 2*p.cfg.SyncPeriod
+}
+
+// FamilyHealth is one IP family's part of the health answer.
+type FamilyHealth struct {
+	Family v1.IPFamily
+	// LastSynced is when its rules were last synced; zero before the
+	// first time.
+	LastSynced time.Time
+	// Healthy is false while a sync requested more than twice the sync
+	// period ago has not yet succeeded for this family.
+	Healthy bool
+}
+
+// FamilyHealth reports each IP family's health, as kube-proxy's health
+// answer lists it per family.
+func (p *Proxier) FamilyHealth() []FamilyHealth {
+	p.mu.Lock()
+	pending := p.pendingSince
+	p.mu.Unlock()
+	overdue := !pending.IsZero() && time.Since(pending) >= 2*p.cfg.SyncPeriod
+	var out []FamilyHealth
+	for _, s := range p.syncers {
+		last, failing := s.LastSynced()
+		out = append(out, FamilyHealth{Family: s.Config.Family, LastSynced: last,
+			Healthy: !overdue || (!failing && last.After(pending))})
+	}
+	return out
 }
 
 // Synced is closed after the first successful sync.

@@ -61,7 +61,11 @@ type Syncer struct {
 	// appliedSnap is the snapshot applied rules were rendered from.
 	appliedSnap *Snapshot
 	lastFull    time.Time
-	rules       *Rules
+	// lastOK is when a sync last succeeded; failing, whether the latest
+	// failed (the per-family part of the health answer).
+	lastOK  time.Time
+	failing bool
+	rules   *Rules
 	// lastUDP are the UDP frontends of the last successful sync.
 	lastUDP udpFrontends
 	// For /debug/rules: the last batch applied and the last one refused.
@@ -132,6 +136,24 @@ func (s *Syncer) Rules() *Rules {
 func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	res, err := s.syncHeld(ctx, snap)
+	s.failing = err != nil
+	if err == nil {
+		s.lastOK = time.Now()
+	}
+	return res, err
+}
+
+// LastSynced is when a sync last succeeded (zero before the first), and
+// whether the latest one failed.
+func (s *Syncer) LastSynced() (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastOK, s.failing
+}
+
+// syncHeld is Sync, called with mu held.
+func (s *Syncer) syncHeld(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	if s.quarantine == nil {
 		s.quarantine = map[ServicePortName]quarantined{}
 	}

@@ -30,10 +30,10 @@ type State interface {
 	// Healthy: every requested sync completed, or the oldest pending one
 	// was requested less than twice the sync period ago.
 	Healthy() bool
-	// LastSync is when the last sync succeeded.
-	LastSync() time.Time
 	// NodeDeleting is true while our Node is being deleted.
 	NodeDeleting() bool
+	// FamilyHealth is each IP family's last sync and health.
+	FamilyHealth() []proxier.FamilyHealth
 	Syncers() []*proxier.Syncer
 	LastSnapshot() *proxier.Snapshot
 }
@@ -43,35 +43,64 @@ func HealthHandler(st State) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		eligible := !st.NodeDeleting()
-		answer(w, st, st.Healthy() && eligible, &eligible, metrics.HealthzTotal)
+		answer(w, st, &eligible, metrics.HealthzTotal)
 	})
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
-		answer(w, st, st.Healthy(), nil, metrics.LivezTotal)
+		answer(w, st, nil, metrics.LivezTotal)
 	})
 	return mux
 }
 
-// answer writes kube-proxy's health answer: 200 or 503 with
-// {"lastUpdated", "currentTime"[, "nodeEligible"]}.
-func answer(w http.ResponseWriter, st State, ok bool, eligible *bool, total *prometheus.CounterVec) {
+// healthAnswer is the body of kube-proxy's health answers, field for field.
+type healthAnswer struct {
+	// LastUpdated is now when the answer is 200 (as kube-proxy has always
+	// said), otherwise the last time any family synced.
+	LastUpdated time.Time `json:"lastUpdated"`
+	CurrentTime time.Time `json:"currentTime"`
+	// NodeEligible is only in /healthz: the Node is not being deleted nor
+	// tainted for deletion.
+	NodeEligible *bool `json:"nodeEligible,omitempty"`
+	// Healthy is the sync loop's health, node eligibility aside.
+	Healthy bool                    `json:"healthy"`
+	Status  map[string]familyAnswer `json:"status,omitempty"`
+}
+
+type familyAnswer struct {
+	LastUpdated time.Time `json:"lastUpdated"`
+	Healthy     bool      `json:"healthy"`
+}
+
+// answer writes kube-proxy's health answer: 200, or 503 when a requested
+// sync is overdue (or, for /healthz, the node is not eligible), with
+// healthAnswer as JSON.
+func answer(w http.ResponseWriter, st State, eligible *bool, total *prometheus.CounterVec) {
+	now := time.Now()
+	a := healthAnswer{CurrentTime: now, NodeEligible: eligible, Healthy: st.Healthy()}
+	for _, f := range st.FamilyHealth() {
+		if f.LastSynced.IsZero() {
+			continue // not synced yet: listed once it has
+		}
+		if a.Status == nil {
+			a.Status = map[string]familyAnswer{}
+		}
+		a.Status[string(f.Family)] = familyAnswer{LastUpdated: f.LastSynced, Healthy: f.Healthy}
+		if f.LastSynced.After(a.LastUpdated) {
+			a.LastUpdated = f.LastSynced
+		}
+	}
+	ok := a.Healthy && (eligible == nil || *eligible)
 	code := http.StatusOK
-	if !ok {
+	if ok {
+		a.LastUpdated = now
+	} else {
 		code = http.StatusServiceUnavailable
 	}
 	total.WithLabelValues(strconv.Itoa(code)).Inc()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
-	last := ""
-	if t := st.LastSync(); !t.IsZero() {
-		last = t.UTC().Format(time.RFC3339Nano)
-	}
-	now := time.Now().UTC().Format(time.RFC3339Nano)
-	if eligible != nil {
-		fmt.Fprintf(w, `{"lastUpdated": %q,"currentTime": %q, "nodeEligible": %v}`, last, now, *eligible)
-		return
-	}
-	fmt.Fprintf(w, `{"lastUpdated": %q,"currentTime": %q}`, last, now)
+	body, _ := json.Marshal(a)
+	_, _ = w.Write(body)
 }
 
 // MetricsHandler serves /metrics and the /debug endpoints; with profiling,

@@ -23,8 +23,16 @@ type fakeState struct {
 	snap              *proxier.Snapshot
 }
 
-func (f *fakeState) Healthy() bool                   { return f.healthy }
-func (f *fakeState) LastSync() time.Time             { return time.Unix(1700000000, 0) }
+func (f *fakeState) Healthy() bool { return f.healthy }
+func (f *fakeState) FamilyHealth() []proxier.FamilyHealth {
+	return []proxier.FamilyHealth{
+		{Family: v1.IPv4Protocol, LastSynced: lastSynced, Healthy: f.healthy},
+		{Family: v1.IPv6Protocol}, // not synced yet
+	}
+}
+
+var lastSynced = time.Unix(1700000000, 0).UTC()
+
 func (f *fakeState) NodeDeleting() bool              { return f.deleting }
 func (f *fakeState) Syncers() []*proxier.Syncer      { return f.syncers }
 func (f *fakeState) LastSnapshot() *proxier.Snapshot { return f.snap }
@@ -37,32 +45,59 @@ func get(t *testing.T, h http.Handler, path string) (int, string) {
 	return rec.Code, string(body)
 }
 
+// health reads a health answer as kube-proxy's JSON.
+func health(t *testing.T, h http.Handler, path string) (int, map[string]any) {
+	t.Helper()
+	code, body := get(t, h, path)
+	var parsed map[string]any
+	if err := json.Unmarshal([]byte(body), &parsed); err != nil {
+		t.Fatalf("%s body %q: %v", path, body, err)
+	}
+	return code, parsed
+}
+
 func TestHealthSemantics(t *testing.T) {
 	st := &fakeState{healthy: true}
 	h := HealthHandler(st)
-	if code, body := get(t, h, "/healthz"); code != 200 || !strings.Contains(body, `"nodeEligible": true`) {
-		t.Errorf("healthy: %d %s", code, body)
+	before := time.Now()
+	code, body := health(t, h, "/healthz")
+	if code != 200 || body["nodeEligible"] != true || body["healthy"] != true {
+		t.Errorf("healthy: %d %v", code, body)
 	}
-	// A requested sync has not completed in time: both fail.
+	// 200: lastUpdated is now, as kube-proxy answers.
+	if last, err := time.Parse(time.RFC3339Nano, body["lastUpdated"].(string)); err != nil || last.Before(before) {
+		t.Errorf("healthy: lastUpdated %v (%v), want now", body["lastUpdated"], err)
+	}
+	// Per family, only those synced so far.
+	status, _ := body["status"].(map[string]any)
+	v4, _ := status["IPv4"].(map[string]any)
+	if len(status) != 1 || v4["healthy"] != true || v4["lastUpdated"] != lastSynced.Format(time.RFC3339Nano) {
+		t.Errorf("healthy: status %v", body["status"])
+	}
+	if _, ok := body["currentTime"].(string); !ok {
+		t.Errorf("no currentTime: %v", body)
+	}
+	if _, body := health(t, h, "/livez"); body["nodeEligible"] != nil {
+		t.Errorf("/livez says nodeEligible: %v", body)
+	}
+
+	// A requested sync has not completed in time: both fail, and
+	// lastUpdated is the last sync.
 	st.healthy = false
-	if code, _ := get(t, h, "/healthz"); code != 503 {
-		t.Errorf("stale sync: /healthz %d, want 503", code)
-	}
-	if code, _ := get(t, h, "/livez"); code != 503 {
-		t.Errorf("stale sync: /livez %d, want 503", code)
+	for _, path := range []string{"/healthz", "/livez"} {
+		code, body := health(t, h, path)
+		v4, _ := body["status"].(map[string]any)["IPv4"].(map[string]any)
+		if code != 503 || body["healthy"] != false || v4["healthy"] != false || body["lastUpdated"] != lastSynced.Format(time.RFC3339Nano) {
+			t.Errorf("stale sync: %s %d %v", path, code, body)
+		}
 	}
 	// The node is being deleted: not eligible, but alive.
 	st.healthy, st.deleting = true, true
-	if code, body := get(t, h, "/healthz"); code != 503 || !strings.Contains(body, `"nodeEligible": false`) {
-		t.Errorf("deleting node: /healthz %d %s", code, body)
+	if code, body := health(t, h, "/healthz"); code != 503 || body["nodeEligible"] != false || body["healthy"] != true {
+		t.Errorf("deleting node: /healthz %d %v", code, body)
 	}
-	if code, _ := get(t, h, "/livez"); code != 200 {
+	if code, _ := health(t, h, "/livez"); code != 200 {
 		t.Errorf("deleting node: /livez %d, want 200", code)
-	}
-	var parsed map[string]any
-	_, body := get(t, h, "/livez")
-	if err := json.Unmarshal([]byte(body), &parsed); err != nil || parsed["lastUpdated"] == "" {
-		t.Errorf("livez body %q: %v", body, err)
 	}
 }
 

@@ -39,7 +39,7 @@ func TestHealthAndMetricsEndpoints(t *testing.T) {
 	n := c.Nodes[0]
 	// /healthz on kube-proxy's port, from outside the node.
 	resp, body, err := c.External.HTTPGet("http://"+n.IP+":10256/healthz", 2*time.Second)
-	if err != nil || resp.StatusCode != 200 || !strings.Contains(string(body), `"nodeEligible": true`) {
+	if err != nil || resp.StatusCode != 200 || !strings.Contains(string(body), `"nodeEligible":true`) {
 		t.Fatalf("/healthz: %v %v %s", resp, err, body)
 	}
 	if resp, _, err := n.HTTPGet("http://127.0.0.1:10256/livez", 2*time.Second); err != nil || resp.StatusCode != 200 {
