@@ -1,0 +1,501 @@
+package e2e
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/switchyard-proxy/switchyard/test/e2e/cluster"
+	"github.com/switchyard-proxy/switchyard/test/netns"
+	"github.com/switchyard-proxy/switchyard/test/wait"
+)
+
+// The yardstick, side by side: node-1 runs switchyard and node-2 runs
+// upstream kube-proxy v1.36.3 (iptables mode), and every Service shape is
+// created twice, once for each node, with its pods placed the same way
+// relative to the node probed (a pod on that node, a pod on the other,
+// terminating, not ready, ...). The same probes go to each (from a pod on
+// the node, from the node itself, from outside through it) and what came
+// back must be the same: which pod answered, relative to the node; the
+// client address the pod saw, relative to the prober; refused, or no answer
+// at all.
+//
+// Traffic to a pod on the other node crosses that node's FORWARD chain, so
+// each proxy's filter rules are on the path of the other's probes too; a
+// difference there shows as well.
+func TestSameFatesAsKubeProxy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("long")
+	}
+	swy, kp := c.Nodes[0], c.Nodes[1]
+	handOverToKubeProxy(t, kp)
+	ns := c.Namespace(t)
+
+	clients := map[*cluster.Node]*cluster.Pod{}
+	for _, n := range []*cluster.Node{swy, kp} {
+		clients[n] = c.StartPod(t, ns, cluster.PodOptions{Name: fmt.Sprintf("client-%d", n.Index), Node: n})
+	}
+	type built struct {
+		pc     parityCase
+		node   *cluster.Node
+		svc    *v1.Service
+		roles  map[string]string // pod name -> role relative to node
+		client *cluster.Pod
+		extIP  string
+		lbIP   string
+	}
+	var all []*built
+	for ci, pc := range parityCases() {
+		for _, n := range []*cluster.Node{swy, kp} {
+			peer := swy
+			if n == swy {
+				peer = kp
+			}
+			b := &built{pc: pc, node: n, roles: map[string]string{}, client: clients[n],
+				extIP: fmt.Sprintf("203.0.113.%d", 10+2*ci+n.Index-1), lbIP: fmt.Sprintf("198.51.100.%d", 10+2*ci+n.Index-1)}
+			app := fmt.Sprintf("%s-%d", pc.name, n.Index)
+			for i, role := range pc.pods {
+				on := n
+				if strings.HasPrefix(role, "peer") {
+					on = peer
+				}
+				name := fmt.Sprintf("%s-%d", app, i+1)
+				p := c.StartPod(t, ns, cluster.PodOptions{Name: name, Labels: map[string]string{"app": app}, Node: on,
+					NotReady: strings.HasSuffix(role, "-notready")})
+				if strings.HasSuffix(role, "-terminating") {
+					p.Terminate(t)
+				}
+				b.roles[name] = role
+				if pc.hairpin && i == 0 {
+					b.client = p
+				}
+			}
+			b.svc = c.CreateService(t, ns, app, cluster.ServiceOptions{Mutate: func(s *v1.Service) { pc.mutate(s, b.extIP, b.lbIP) }})
+			if pc.lb {
+				b.svc = c.SetLoadBalancerIngress(t, b.svc, b.lbIP)
+			}
+			if len(b.svc.Spec.ExternalIPs) > 0 {
+				cluster.RouteVia(t, c.External, b.extIP, n)
+				cluster.RouteVia(t, c.External2, b.extIP, n)
+			}
+			if pc.lb {
+				cluster.RouteVia(t, c.External, b.lbIP, n)
+				cluster.RouteVia(t, c.External2, b.lbIP, n)
+			}
+			all = append(all, b)
+		}
+	}
+	// Both proxies have every Service port before the probes start; the
+	// probes then retry a difference until the deadline, as endpoint
+	// changes (terminating, not ready) may still be on their way.
+	for _, b := range all {
+		for _, p := range b.svc.Spec.Ports {
+			name := fmt.Sprintf("%s/%s:%s ", b.svc.Namespace, b.svc.Name, p.Name)
+			if !wait.Poll(60*time.Second, func() bool {
+				nat, _ := b.node.Save("nat")
+				filter, _ := b.node.Save("filter")
+				return strings.Contains(nat+filter, name)
+			}) {
+				t.Fatalf("%s: no rules for %s", b.node.Name, name)
+			}
+		}
+	}
+
+	var mismatches []string
+	compared := 0
+	for i := 0; i < len(all); i += 2 {
+		a, k := all[i], all[i+1]
+		pa, pk := a.pc.probes(a.svc, a.node, a.client, a.extIP, a.lbIP), k.pc.probes(k.svc, k.node, k.client, k.extIP, k.lbIP)
+		for j := range pa {
+			var oa, ok string
+			same := wait.Poll(20*time.Second, func() bool {
+				oa = pa[j].run(a.node, a.client, a.roles, a.pc.sticky)
+				ok = pk[j].run(k.node, k.client, k.roles, k.pc.sticky)
+				return oa == ok
+			})
+			compared++
+			line := fmt.Sprintf("%-26s %-34s switchyard: %-40s kube-proxy: %s", a.pc.name, pa[j].what, oa, ok)
+			t.Log(line)
+			if !same {
+				mismatches = append(mismatches, line)
+			}
+		}
+		if a.pc.healthCheck {
+			var ha, hk string
+			same := wait.Poll(20*time.Second, func() bool {
+				ha, hk = healthCheckStatus(a.svc, a.node), healthCheckStatus(k.svc, k.node)
+				return ha == hk
+			})
+			compared++
+			line := fmt.Sprintf("%-26s %-34s switchyard: %-40s kube-proxy: %s", a.pc.name, "health check node port", ha, hk)
+			t.Log(line)
+			if !same {
+				mismatches = append(mismatches, line)
+			}
+		}
+	}
+	// The proxies' own health endpoints (kube-proxy's on the port the
+	// harness gives it).
+	for _, path := range []string{"/healthz", "/livez"} {
+		ha, hk := proxyHealth(swy, 10256, path), proxyHealth(kp, 10266, path)
+		compared++
+		line := fmt.Sprintf("%-26s %-34s switchyard: %-40s kube-proxy: %s", "proxy", path, ha, hk)
+		t.Log(line)
+		if ha != hk {
+			mismatches = append(mismatches, line)
+		}
+	}
+	if len(mismatches) > 0 {
+		t.Errorf("%d of %d probes differ from kube-proxy:\n%s", len(mismatches), compared, strings.Join(mismatches, "\n"))
+	}
+}
+
+// handOverToKubeProxy stops switchyard on n, removes its rules, and runs
+// upstream kube-proxy there instead; at the end it hands back the same way.
+func handOverToKubeProxy(t *testing.T, n *cluster.Node) {
+	t.Helper()
+	t.Cleanup(func() {
+		if out, err := n.Run(c.Opts.Switchyard, "cleanup", "--kube-proxy"); err != nil {
+			t.Errorf("cleanup --kube-proxy on %s: %v\n%s", n.Name, err, out)
+		}
+		if err := n.StartProxy(nil); err != nil {
+			t.Fatalf("restarting switchyard on %s: %v", n.Name, err)
+		}
+		if err := n.WaitProgrammed("default/kubernetes:https cluster IP", 60*time.Second); err != nil {
+			t.Fatalf("%v", err)
+		}
+	})
+	if err := n.StopProxy(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := n.Run(c.Opts.Switchyard, "cleanup"); err != nil {
+		t.Fatalf("cleanup on %s: %v\n%s", n.Name, err, out)
+	}
+	p := n.StartKubeProxy(t)
+	if !wait.Poll(60*time.Second, func() bool {
+		out, _ := n.Save("nat")
+		return strings.Contains(out, "default/kubernetes:https cluster IP")
+	}) {
+		t.Fatalf("upstream kube-proxy never programmed the kubernetes Service (log: %s)", p.LogPath)
+	}
+}
+
+// parityCase is one Service shape and where its pods are, relative to the
+// node probed: "self" or "peer", with "-terminating" or "-notready".
+type parityCase struct {
+	name   string
+	pods   []string
+	mutate func(s *v1.Service, extIP, lbIP string)
+	lb     bool
+	// sticky: the answers all come from one pod, which one is chance.
+	sticky bool
+	// hairpin: the first pod is also the client.
+	hairpin bool
+	// healthCheck also compares the health check node port's answer (a
+	// LoadBalancer with Local policy has one).
+	healthCheck bool
+	// wrongPort also probes a port the Service does not have.
+	wrongPort bool
+}
+
+func parityCases() []parityCase {
+	nodePort := func(etp, itp string) func(*v1.Service, string, string) {
+		return func(s *v1.Service, _, _ string) {
+			s.Spec.Type = v1.ServiceTypeNodePort
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicy(etp)
+			if itp != "" {
+				p := v1.ServiceInternalTrafficPolicy(itp)
+				s.Spec.InternalTrafficPolicy = &p
+			}
+		}
+	}
+	both := []string{"self", "peer"}
+	return []parityCase{
+		{name: "cluster", pods: both, wrongPort: true, mutate: nodePort("Cluster", "")},
+		{name: "etp-local", pods: both, mutate: nodePort("Local", "")},
+		{name: "etp-local-peer-only", pods: []string{"peer"}, mutate: nodePort("Local", "")},
+		{name: "etp-local-terminating", pods: []string{"self-terminating", "peer"}, mutate: nodePort("Local", "")},
+		{name: "itp-local", pods: both, mutate: nodePort("Cluster", "Local")},
+		{name: "itp-local-peer-only", pods: []string{"peer"}, mutate: nodePort("Cluster", "Local")},
+		{name: "no-endpoints", mutate: nodePort("Cluster", "")},
+		{name: "only-not-ready", pods: []string{"self-notready"}, mutate: nodePort("Cluster", "")},
+		{name: "only-terminating", pods: []string{"self-terminating", "peer-notready"}, mutate: nodePort("Cluster", "")},
+		{name: "affinity", pods: both, sticky: true, mutate: func(s *v1.Service, e, l string) {
+			nodePort("Cluster", "")(s, e, l)
+			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+		}},
+		{name: "hairpin", pods: []string{"self"}, hairpin: true, mutate: func(*v1.Service, string, string) {}},
+		{name: "hairpin-node-port", pods: []string{"self"}, hairpin: true, mutate: nodePort("Cluster", "")},
+		{name: "hairpin-node-port-local", pods: []string{"self"}, hairpin: true, mutate: nodePort("Local", "")},
+		{name: "prefer-same-zone", pods: both, mutate: func(s *v1.Service, _, _ string) {
+			s.Spec.TrafficDistribution = ptr.To(v1.ServiceTrafficDistributionPreferSameZone)
+		}},
+		{name: "prefer-same-node", pods: both, mutate: func(s *v1.Service, _, _ string) {
+			s.Spec.TrafficDistribution = ptr.To(v1.ServiceTrafficDistributionPreferSameNode)
+		}},
+		{name: "dual-stack", pods: both, mutate: func(s *v1.Service, e, l string) {
+			nodePort("Cluster", "")(s, e, l)
+			dualStack(s)
+		}},
+		{name: "dual-stack-local", pods: both, mutate: func(s *v1.Service, e, l string) {
+			nodePort("Local", "")(s, e, l)
+			dualStack(s)
+		}},
+		{name: "dual-stack-no-endpoints", mutate: func(s *v1.Service, e, l string) {
+			nodePort("Cluster", "")(s, e, l)
+			dualStack(s)
+		}},
+		{name: "external-ip", pods: both, mutate: func(s *v1.Service, extIP, _ string) { s.Spec.ExternalIPs = []string{extIP} }},
+		{name: "external-ip-local", pods: []string{"peer"}, mutate: func(s *v1.Service, extIP, l string) {
+			nodePort("Local", "")(s, extIP, l)
+			s.Spec.ExternalIPs = []string{extIP}
+		}},
+		{name: "lb-source-ranges", pods: both, lb: true, mutate: func(s *v1.Service, _, _ string) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.LoadBalancerSourceRanges = []string{c.ExternalIP + "/32"}
+		}},
+		{name: "lb-local", pods: both, lb: true, healthCheck: true, mutate: func(s *v1.Service, _, _ string) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		}},
+		{name: "lb-local-peer-only", pods: []string{"peer"}, lb: true, healthCheck: true, mutate: func(s *v1.Service, _, _ string) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		}},
+		{name: "lb-local-terminating", pods: []string{"self-terminating", "peer"}, lb: true, healthCheck: true, mutate: func(s *v1.Service, _, _ string) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.ExternalTrafficPolicy = v1.ServiceExternalTrafficPolicyLocal
+		}},
+		{name: "lb-no-endpoints", lb: true, mutate: func(s *v1.Service, _, _ string) { s.Spec.Type = v1.ServiceTypeLoadBalancer }},
+	}
+}
+
+// probe is one kind of request to one address from one place.
+type probe struct {
+	what  string
+	from  func(client *cluster.Pod, n *cluster.Node) (*netns.NS, []string)
+	proto string
+	addr  string
+}
+
+func (pc parityCase) probes(svc *v1.Service, n *cluster.Node, client *cluster.Pod, extIP, lbIP string) []probe {
+	pod := func(client *cluster.Pod, _ *cluster.Node) (*netns.NS, []string) {
+		return client.NS.NS, []string{client.IP, client.IP6}
+	}
+	host := func(_ *cluster.Pod, n *cluster.Node) (*netns.NS, []string) { return n.NS, []string{n.IP, n.IP6} }
+	ext := func(*cluster.Pod, *cluster.Node) (*netns.NS, []string) {
+		return c.External, []string{c.ExternalIP, c.ExternalIP6}
+	}
+	ext2 := func(*cluster.Pod, *cluster.Node) (*netns.NS, []string) { return c.External2, []string{c.External2IP} }
+	cip := svc.Spec.ClusterIP
+	out := []probe{
+		{"pod -> cluster IP tcp", pod, "tcp", cip + ":80"},
+		{"pod -> cluster IP udp", pod, "udp", cip + ":53"},
+		{"node -> cluster IP tcp", host, "tcp", cip + ":80"},
+	}
+	if pc.wrongPort {
+		out = append(out, probe{"pod -> cluster IP, port not in the Service", pod, "tcp", cip + ":81"})
+	}
+	np := cluster.NodePortOf(svc, "http")
+	if pc.hairpin {
+		out = out[:2]
+		if np != 0 {
+			out = append(out, probe{"pod -> node port", pod, "tcp", hostPort(n.IP, np)})
+		}
+		return out
+	}
+	if np != 0 {
+		at := hostPort(n.IP, np)
+		out = append(out,
+			probe{"outside -> node port tcp", ext, "tcp", at},
+			probe{"outside -> node port udp", ext, "udp", hostPort(n.IP, cluster.NodePortOf(svc, "dns"))},
+			probe{"pod -> node port", pod, "tcp", at},
+			probe{"node -> node port", host, "tcp", at},
+			probe{"node -> localhost node port", host, "tcp", hostPort("127.0.0.1", np)})
+	}
+	if len(svc.Spec.ClusterIPs) == 2 {
+		cip6 := svc.Spec.ClusterIPs[1]
+		out = append(out,
+			probe{"pod -> IPv6 cluster IP tcp", pod, "tcp", hostPort(cip6, 80)},
+			probe{"pod -> IPv6 cluster IP udp", pod, "udp", hostPort(cip6, 53)},
+			probe{"node -> IPv6 cluster IP", host, "tcp", hostPort(cip6, 80)})
+		if np != 0 {
+			out = append(out,
+				probe{"outside -> IPv6 node port", ext, "tcp", hostPort(n.IP6, np)},
+				probe{"pod -> IPv6 node port", pod, "tcp", hostPort(n.IP6, np)})
+		}
+	}
+	for _, ip := range svc.Spec.ExternalIPs {
+		out = append(out,
+			probe{"outside -> external IP", ext, "tcp", ip + ":80"},
+			probe{"pod -> external IP", pod, "tcp", ip + ":80"},
+			probe{"node -> external IP", host, "tcp", ip + ":80"})
+	}
+	if pc.lb {
+		out = append(out,
+			probe{"outside -> LB IP", ext, "tcp", lbIP + ":80"},
+			probe{"other outside -> LB IP", ext2, "tcp", lbIP + ":80"},
+			probe{"pod -> LB IP", pod, "tcp", lbIP + ":80"},
+			probe{"node -> LB IP", host, "tcp", lbIP + ":80"})
+	}
+	return out
+}
+
+// run sends up to 40 requests and describes what came back: each pod that
+// answered by its role, with the client address it saw (relative: the
+// prober itself, this node, the other node), or how the requests failed.
+// It stops early once two pods answered, or after two failures alike.
+func (p probe) run(n *cluster.Node, client *cluster.Pod, roles map[string]string, sticky bool) string {
+	ns, self := p.from(client, n)
+	isSelf := func(ip string) bool {
+		for _, a := range self {
+			if a == ip {
+				return true
+			}
+		}
+		return false
+	}
+	seen := map[string]bool{}
+	answers, failures := 0, map[string]int{}
+	for i := 0; i < 40; i++ {
+		var a netns.Answer
+		var err error
+		if p.proto == "udp" {
+			a, err = ns.GetUDP(p.addr, time.Second)
+		} else {
+			a, err = ns.GetTCP(p.addr, time.Second)
+		}
+		if err != nil {
+			f := failureKind(err)
+			failures[f]++
+			seen[f] = true
+			if failures[f] >= 2 {
+				break
+			}
+			continue
+		}
+		answers++
+		role, ok := roles[a.Server]
+		if !ok {
+			role = "stranger " + a.Server
+		}
+		from := a.Client
+		switch {
+		case isSelf(a.Client):
+			from = "the prober"
+		case a.Client == n.IP || a.Client == n.IP6:
+			from = "this node"
+		default:
+			for _, other := range c.Nodes {
+				if other != n && (a.Client == other.IP || a.Client == other.IP6) {
+					from = "the other node"
+				}
+			}
+		}
+		if sticky {
+			role = "one pod"
+		}
+		seen[role+" (saw "+from+")"] = true
+		if len(seen) >= 2 && !sticky {
+			break
+		}
+	}
+	if seen["refused"] {
+		// The kernel rate-limits the ICMP errors a REJECT sends, so some
+		// rejected requests go unanswered; a DROP never refuses any.
+		delete(seen, "no answer")
+	}
+	var parts []string
+	for s := range seen {
+		parts = append(parts, s)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+// failureKind names how a request failed.
+func failureKind(err error) string {
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, netns.ErrNoAnswer), errors.Is(err, os.ErrDeadlineExceeded):
+		return "no answer"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "no answer"
+	}
+	return "error: " + err.Error()
+}
+
+// healthCheckStatus is the HTTP status of the Service's health check node
+// port on the node, asked from outside.
+func healthCheckStatus(svc *v1.Service, n *cluster.Node) string {
+	if svc.Spec.HealthCheckNodePort == 0 {
+		return "no health check node port"
+	}
+	var last string
+	for i := 0; i < 3; i++ {
+		resp, body, err := c.External.HTTPGet(fmt.Sprintf("http://%s:%d/healthz", n.IP, svc.Spec.HealthCheckNodePort), 2*time.Second)
+		if err != nil {
+			last = failureKind(err)
+			continue
+		}
+		var answer struct {
+			LocalEndpoints      int  `json:"localEndpoints"`
+			ServiceProxyHealthy bool `json:"serviceProxyHealthy"`
+		}
+		if err := json.Unmarshal(body, &answer); err != nil {
+			return fmt.Sprintf("%s, body %q", http.StatusText(resp.StatusCode), body)
+		}
+		return fmt.Sprintf("%s, %d local endpoints, proxy healthy %v", http.StatusText(resp.StatusCode), answer.LocalEndpoints, answer.ServiceProxyHealthy)
+	}
+	return last
+}
+
+// proxyHealth describes the proxy's own health answer on the node: the
+// status, and the body's fields with the times reduced to whether
+// lastUpdated is the answer's own time.
+func proxyHealth(n *cluster.Node, port int, path string) string {
+	resp, body, err := c.External.HTTPGet(fmt.Sprintf("http://%s:%d%s", n.IP, port, path), 2*time.Second)
+	if err != nil {
+		return failureKind(err)
+	}
+	var a struct {
+		LastUpdated  time.Time `json:"lastUpdated"`
+		CurrentTime  time.Time `json:"currentTime"`
+		NodeEligible *bool     `json:"nodeEligible"`
+		Healthy      *bool     `json:"healthy"`
+		Status       map[string]struct {
+			LastUpdated time.Time `json:"lastUpdated"`
+			Healthy     bool      `json:"healthy"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal(body, &a); err != nil || a.Healthy == nil {
+		return fmt.Sprintf("%s, body %q", http.StatusText(resp.StatusCode), body)
+	}
+	out := fmt.Sprintf("%s %s, healthy %v, lastUpdated is now %v", http.StatusText(resp.StatusCode), resp.Header.Get("Content-Type"),
+		*a.Healthy, !a.LastUpdated.Before(a.CurrentTime.Add(-time.Second)))
+	if a.NodeEligible != nil {
+		out += fmt.Sprintf(", node eligible %v", *a.NodeEligible)
+	}
+	var families []string
+	for f, st := range a.Status {
+		families = append(families, fmt.Sprintf("%s healthy %v", f, st.Healthy))
+	}
+	sort.Strings(families)
+	return out + ", " + strings.Join(families, ", ")
+}
