@@ -85,6 +85,9 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 			if pc.lb {
 				b.svc = c.SetLoadBalancerIngress(t, b.svc, b.lbIP)
 			}
+			// A router sending the service range to a node, as some
+			// networks do.
+			cluster.RouteVia(t, c.External, b.svc.Spec.ClusterIP, n)
 			if len(b.svc.Spec.ExternalIPs) > 0 {
 				cluster.RouteVia(t, c.External, b.extIP, n)
 				cluster.RouteVia(t, c.External2, b.extIP, n)
@@ -145,6 +148,8 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 			}
 		}
 	}
+	mismatches = append(mismatches, udpFlowsMove(t, ns, swy, kp)...)
+
 	// The proxies' own health endpoints (kube-proxy's on the port the
 	// harness gives it).
 	for _, path := range []string{"/healthz", "/livez"} {
@@ -303,6 +308,9 @@ func (pc parityCase) probes(svc *v1.Service, n *cluster.Node, client *cluster.Po
 		{"pod -> cluster IP tcp", pod, "tcp", cip + ":80"},
 		{"pod -> cluster IP udp", pod, "udp", cip + ":53"},
 		{"node -> cluster IP tcp", host, "tcp", cip + ":80"},
+	}
+	if !pc.hairpin {
+		out = append(out, probe{"outside -> cluster IP", ext, "tcp", cip + ":80"})
 	}
 	if pc.wrongPort {
 		out = append(out, probe{"pod -> cluster IP, port not in the Service", pod, "tcp", cip + ":81"})
@@ -498,4 +506,97 @@ func proxyHealth(n *cluster.Node, port int, path string) string {
 	}
 	sort.Strings(families)
 	return out + ", " + strings.Join(families, ", ")
+}
+
+// udpFlowsMove compares what happens to UDP flows that already exist when
+// their endpoint leaves the Service while still alive (it turned not
+// ready) and another pod joins: a socket that keeps sending, from a pod on
+// the node to the cluster IP and from outside to the node port. Upstream
+// deletes such flows, so the next datagram is balanced afresh.
+func udpFlowsMove(t *testing.T, ns string, nodes ...*cluster.Node) []string {
+	t.Helper()
+	type side struct {
+		n        *cluster.Node
+		old, new *cluster.Pod
+		sessions map[string]*netns.UDPSession
+		client   *cluster.Pod
+		svc      *v1.Service
+	}
+	var sides []*side
+	for _, n := range nodes {
+		peer := nodes[0]
+		if n == peer {
+			peer = nodes[1]
+		}
+		app := fmt.Sprintf("udp-move-%d", n.Index)
+		sd := &side{n: n, sessions: map[string]*netns.UDPSession{}}
+		sd.old = c.StartPod(t, ns, cluster.PodOptions{Name: app + "-old", Labels: map[string]string{"app": app}, Node: n})
+		sd.new = c.StartPod(t, ns, cluster.PodOptions{Name: app + "-new", Labels: map[string]string{"app": app}, Node: peer, NotReady: true})
+		sd.client = c.StartPod(t, ns, cluster.PodOptions{Name: app + "-client", Node: n})
+		sd.svc = c.CreateService(t, ns, app, cluster.ServiceOptions{Ports: []v1.ServicePort{cluster.DNSPort}, Mutate: nodePortService})
+		for what, from := range map[string]*netns.NS{"pod -> cluster IP": sd.client.NS.NS, "outside -> node port": c.External} {
+			addr := cluster.Addr(sd.svc, 53)
+			if from == c.External {
+				addr = hostPort(n.IP, cluster.NodePortOf(sd.svc, "dns"))
+			}
+			session, err := from.DialUDP(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = session.Close() })
+			sd.sessions[what] = session
+			if !wait.Poll(cluster.Converge, func() bool {
+				a, err := session.Ask(200 * time.Millisecond)
+				return err == nil && a.Server == sd.old.Name
+			}) {
+				t.Fatalf("%s on %s: the first pod never answered", what, n.Name)
+			}
+		}
+		sides = append(sides, sd)
+	}
+	for _, sd := range sides {
+		sd.new.SetReady(t, true)
+		sd.old.SetReady(t, false)
+	}
+	outcome := map[*side]map[string]string{}
+	for _, sd := range sides {
+		// New flows go to the new pod: the proxy has the change.
+		if !wait.Poll(cluster.Converge, func() bool {
+			a, err := sd.client.NS.GetUDP(cluster.Addr(sd.svc, 53), 200*time.Millisecond)
+			return err == nil && a.Server == sd.new.Name
+		}) {
+			t.Fatalf("%s: new UDP flows never reached the new pod", sd.n.Name)
+		}
+		outcome[sd] = map[string]string{}
+		for what, session := range sd.sessions {
+			var last string
+			moved := wait.Poll(10*time.Second, func() bool {
+				a, err := session.Ask(200 * time.Millisecond)
+				switch {
+				case err != nil:
+					last = failureKind(err)
+				case a.Server == sd.new.Name:
+					return true
+				default:
+					last = "the old pod, not ready"
+				}
+				return false
+			})
+			if moved {
+				outcome[sd][what] = "moved to the new pod"
+			} else {
+				outcome[sd][what] = "still " + last
+			}
+		}
+	}
+	var mismatches []string
+	for what, a := range outcome[sides[0]] {
+		k := outcome[sides[1]][what]
+		line := fmt.Sprintf("%-26s %-34s switchyard: %-40s kube-proxy: %s", "udp-flow-endpoint-left", what, a, k)
+		t.Log(line)
+		if a != k {
+			mismatches = append(mismatches, line)
+		}
+	}
+	return mismatches
 }
