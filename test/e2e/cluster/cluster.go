@@ -252,6 +252,7 @@ func (n *Node) StartProxy(tee io.Writer) error {
 		"--iptables-sync-period=5s",
 		"--iptables-min-sync-period=50ms",
 		"-v=2"}, n.c.Opts.ProxyArgs...)
+	args = variantArgs(args)
 	p, err := StartProcess("switchyard@"+n.Name, n.Command(args...), filepath.Join(n.c.Opts.LogDir, "switchyard-"+n.Name+".log"), tee)
 	if err != nil {
 		return err
@@ -276,16 +277,16 @@ func (n *Node) StopProxy() error {
 // health and metrics ports. It is stopped at cleanup if still running.
 func (n *Node) StartKubeProxy(t netns.T) *Process {
 	t.Helper()
-	p, err := StartProcess("kube-proxy@"+n.Name, n.Command(filepath.Join(n.c.Opts.ToolsDir, "kube-proxy"),
-		"--kubeconfig="+n.c.CP.ProxyKubeconfig,
-		"--hostname-override="+n.Name,
-		"--cluster-cidr="+ClusterCIDR+","+ClusterCIDR6,
+	p, err := StartProcess("kube-proxy@"+n.Name, n.Command(variantArgs([]string{filepath.Join(n.c.Opts.ToolsDir, "kube-proxy"),
+		"--kubeconfig=" + n.c.CP.ProxyKubeconfig,
+		"--hostname-override=" + n.Name,
+		"--cluster-cidr=" + ClusterCIDR + "," + ClusterCIDR6,
 		"--proxy-mode=iptables",
 		"--conntrack-max-per-core=0", // the conntrack sysctls are not writable in a namespace
 		"--healthz-bind-address=0.0.0.0:10266",
 		"--metrics-bind-address=127.0.0.1:10259",
 		"--iptables-sync-period=5s",
-		"--v=2"), filepath.Join(n.c.Opts.LogDir, "kube-proxy-"+n.Name+".log"), nil)
+		"--v=2"})...), filepath.Join(n.c.Opts.LogDir, "kube-proxy-"+n.Name+".log"), nil)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
@@ -430,4 +431,20 @@ func ptrBool(p *bool) string {
 		return "<nil>"
 	}
 	return fmt.Sprint(*p)
+}
+
+// variantArgs applies the environment's variant to a proxy's command line,
+// the same for switchyard and kube-proxy, so the suite (and the side-by-side
+// comparison above all) can run under other flags: E2E_PROXY_ARGS adds
+// flags both proxies understand (e.g. "--masquerade-all"), and
+// E2E_NO_CLUSTER_CIDR=1 drops --cluster-cidr (no local-traffic detection).
+func variantArgs(args []string) []string {
+	var out []string
+	for _, a := range args {
+		if os.Getenv("E2E_NO_CLUSTER_CIDR") != "" && strings.HasPrefix(a, "--cluster-cidr") {
+			continue
+		}
+		out = append(out, a)
+	}
+	return append(out, strings.Fields(os.Getenv("E2E_PROXY_ARGS"))...)
 }
