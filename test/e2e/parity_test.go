@@ -14,6 +14,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/switchyard-proxy/switchyard/test/e2e/cluster"
@@ -71,6 +72,9 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 			}
 			b := &built{pc: pc, node: n, roles: map[string]string{}, client: clients[n],
 				extIP: fmt.Sprintf("203.0.113.%d", 10+2*ci+n.Index-1), lbIP: fmt.Sprintf("198.51.100.%d", 10+2*ci+n.Index-1)}
+			if pc.nodeIPAsExternal {
+				b.extIP = n.IP
+			}
 			app := fmt.Sprintf("%s-%d", pc.name, n.Index)
 			for i, role := range pc.pods {
 				on := n
@@ -79,8 +83,8 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 				}
 				name := fmt.Sprintf("%s-%d", app, i+1)
 				p := c.StartPod(t, ns, cluster.PodOptions{Name: name, Labels: map[string]string{"app": app}, Node: on,
-					NotReady: strings.HasSuffix(role, "-notready")})
-				if strings.HasSuffix(role, "-terminating") {
+					NotReady: strings.Contains(role, "-notready")})
+				if strings.Contains(role, "-terminating") {
 					p.Terminate(t)
 				}
 				b.roles[name] = role
@@ -92,10 +96,13 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 			if pc.lb {
 				b.svc = c.SetLoadBalancerIngress(t, b.svc, b.lbIP)
 			}
+			if pc.proxyIPMode {
+				b.svc = setIPModeProxy(t, b.svc)
+			}
 			// A router sending the service range to a node, as some
 			// networks do.
 			cluster.RouteVia(t, c.External, b.svc.Spec.ClusterIP, n)
-			if len(b.svc.Spec.ExternalIPs) > 0 {
+			if len(b.svc.Spec.ExternalIPs) > 0 && !pc.nodeIPAsExternal {
 				cluster.RouteVia(t, c.External, b.extIP, n)
 				cluster.RouteVia(t, c.External2, b.extIP, n)
 			}
@@ -219,6 +226,10 @@ type parityCase struct {
 	healthCheck bool
 	// wrongPort also probes a port the Service does not have.
 	wrongPort bool
+	// nodeIPAsExternal: the external IP is the probed node's own address.
+	nodeIPAsExternal bool
+	// proxyIPMode: the load balancer ingress has ipMode Proxy.
+	proxyIPMode bool
 }
 
 func parityCases() []parityCase {
@@ -275,6 +286,16 @@ func parityCases() []parityCase {
 		{name: "external-ip-local", pods: []string{"peer"}, mutate: func(s *v1.Service, extIP, l string) {
 			nodePort("Local", "")(s, extIP, l)
 			s.Spec.ExternalIPs = []string{extIP}
+		}},
+		// (One Service only: two with the node's address as external IP
+		// would claim the same address and port.)
+		{name: "external-ip-is-node-ip-local", pods: []string{"peer"}, nodeIPAsExternal: true, mutate: func(s *v1.Service, extIP, l string) {
+			nodePort("Local", "")(s, extIP, l)
+			s.Spec.ExternalIPs = []string{extIP}
+		}},
+		{name: "only-terminating-not-serving", pods: []string{"self-notready-terminating", "peer-notready"}, mutate: nodePort("Cluster", "")},
+		{name: "lb-ip-mode-proxy", pods: both, lb: true, proxyIPMode: true, mutate: func(s *v1.Service, _, _ string) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
 		}},
 		{name: "lb-source-ranges", pods: both, lb: true, mutate: func(s *v1.Service, _, _ string) {
 			s.Spec.Type = v1.ServiceTypeLoadBalancer
@@ -543,13 +564,24 @@ func udpFlowsMove(t *testing.T, ns string, nodes ...*cluster.Node) []string {
 		sd.old = c.StartPod(t, ns, cluster.PodOptions{Name: app + "-old", Labels: map[string]string{"app": app}, Node: n})
 		sd.new = c.StartPod(t, ns, cluster.PodOptions{Name: app + "-new", Labels: map[string]string{"app": app}, Node: peer, NotReady: true})
 		sd.client = c.StartPod(t, ns, cluster.PodOptions{Name: app + "-client", Node: n})
-		sd.svc = c.CreateService(t, ns, app, cluster.ServiceOptions{Ports: []v1.ServicePort{cluster.DNSPort}, Mutate: nodePortService})
-		for what, from := range map[string]*netns.NS{"pod -> cluster IP": sd.client.NS.NS, "outside -> node port": c.External} {
-			addr := cluster.Addr(sd.svc, 53)
-			if from == c.External {
-				addr = hostPort(n.IP, cluster.NodePortOf(sd.svc, "dns"))
-			}
-			session, err := from.DialUDP(addr)
+		extIP, lbIP := fmt.Sprintf("203.0.113.%d", 200+n.Index), fmt.Sprintf("198.51.100.%d", 200+n.Index)
+		sd.svc = c.CreateService(t, ns, app, cluster.ServiceOptions{Ports: []v1.ServicePort{cluster.DNSPort}, Mutate: func(s *v1.Service) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.ExternalIPs = []string{extIP}
+		}})
+		sd.svc = c.SetLoadBalancerIngress(t, sd.svc, lbIP)
+		cluster.RouteVia(t, c.External, extIP, n)
+		cluster.RouteVia(t, c.External, lbIP, n)
+		for what, at := range map[string]struct {
+			from *netns.NS
+			addr string
+		}{
+			"pod -> cluster IP":      {sd.client.NS.NS, cluster.Addr(sd.svc, 53)},
+			"outside -> node port":   {c.External, hostPort(n.IP, cluster.NodePortOf(sd.svc, "dns"))},
+			"outside -> external IP": {c.External, hostPort(extIP, 53)},
+			"outside -> LB IP":       {c.External, hostPort(lbIP, 53)},
+		} {
+			session, err := at.from.DialUDP(at.addr)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -625,4 +657,27 @@ func noICMPRateLimit(t *testing.T, n *cluster.Node) {
 		}
 		t.Cleanup(func() { _, _ = n.Run("sysctl", "-w", key+"="+strings.TrimSpace(old)) })
 	}
+}
+
+// setIPModeProxy marks the Service's load balancer ingress ipMode Proxy:
+// the load balancer delivers to the node with its own address as the
+// destination, so the proxies leave the ingress IP alone.
+func setIPModeProxy(t *testing.T, svc *v1.Service) *v1.Service {
+	t.Helper()
+	var out *v1.Service
+	err := wait.Retry(10*time.Second, func() error {
+		cur, err := c.Client.CoreV1().Services(svc.Namespace).Get(t.Context(), svc.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		for i := range cur.Status.LoadBalancer.Ingress {
+			cur.Status.LoadBalancer.Ingress[i].IPMode = ptr.To(v1.LoadBalancerIPModeProxy)
+		}
+		out, err = c.Client.CoreV1().Services(svc.Namespace).UpdateStatus(t.Context(), cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("setting ipMode Proxy on %s: %v", svc.Name, err)
+	}
+	return out
 }
