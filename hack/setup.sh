@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs what switchyard's build and tests need on a Debian machine:
 # iptables (both backends), iproute2, conntrack, etcd (for the e2e control
-# plane), curl and nftables (nft, for cleanup --kube-proxy). Go itself must already be installed (the project's
+# plane), curl, nftables (nft, for cleanup --kube-proxy) and procps (sysctl, for the test namespaces). Go itself must already be installed (the project's
 # machines have it at /usr/local/go).
 # Idempotent: it only calls apt-get when something is missing.
 set -euo pipefail
 
 need=()
-for pair in iptables:iptables-nft-restore iptables:iptables-legacy-restore iproute2:ip conntrack:conntrack etcd-server:etcd curl:curl nftables:nft; do
+for pair in iptables:iptables-nft-restore iptables:iptables-legacy-restore iproute2:ip conntrack:conntrack etcd-server:etcd curl:curl nftables:nft procps:sysctl; do
   pkg=${pair%%:*} bin=${pair##*:}
   command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done
