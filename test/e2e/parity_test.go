@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -62,8 +63,25 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 		client *cluster.Pod
 		extIP  string
 		lbIP   string
+		// formerNodePort and formerExtIPs are what the shape at creation
+		// had and the final one does not: still probed.
+		formerNodePort int32
+		formerExtIPs   []string
 	}
 	var all []*built
+	probesOf := func(b *built) []probe {
+		out := b.pc.probes(b.svc, b.node, b.client, b.extIP, b.lbIP)
+		ext := func(*cluster.Pod, *cluster.Node) (*netns.NS, []string) {
+			return c.External, []string{c.ExternalIP, c.ExternalIP6}
+		}
+		if b.formerNodePort != 0 {
+			out = append(out, probe{"outside -> former node port", ext, "tcp", hostPort(b.node.IP, b.formerNodePort)})
+		}
+		for _, ip := range b.formerExtIPs {
+			out = append(out, probe{"outside -> former external IP", ext, "tcp", ip + ":80"})
+		}
+		return out
+	}
 	for ci, pc := range parityCases() {
 		for _, n := range []*cluster.Node{swy, kp} {
 			peer := swy
@@ -92,7 +110,11 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 					b.client = p
 				}
 			}
-			b.svc = c.CreateService(t, ns, app, cluster.ServiceOptions{Mutate: func(s *v1.Service) { pc.mutate(s, b.extIP, b.lbIP) }})
+			shape := pc.mutate
+			if pc.before != nil {
+				shape = pc.before
+			}
+			b.svc = c.CreateService(t, ns, app, cluster.ServiceOptions{Mutate: func(s *v1.Service) { shape(s, b.extIP, b.lbIP) }})
 			if pc.lb {
 				b.svc = c.SetLoadBalancerIngress(t, b.svc, b.lbIP)
 			}
@@ -102,7 +124,7 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 			// A router sending the service range to a node, as some
 			// networks do.
 			cluster.RouteVia(t, c.External, b.svc.Spec.ClusterIP, n)
-			if len(b.svc.Spec.ExternalIPs) > 0 && !pc.nodeIPAsExternal {
+			if (len(b.svc.Spec.ExternalIPs) > 0 || pc.before != nil) && !pc.nodeIPAsExternal {
 				cluster.RouteVia(t, c.External, b.extIP, n)
 				cluster.RouteVia(t, c.External2, b.extIP, n)
 			}
@@ -113,27 +135,36 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 			all = append(all, b)
 		}
 	}
+	// The Services created in another shape are reshaped once both
+	// proxies have programmed them: the update is what those compare.
+	for _, b := range all {
+		if b.pc.before == nil {
+			continue
+		}
+		waitForRules(t, b.node, b.svc)
+		old := b.svc
+		b.svc = reshape(t, b.svc, func(s *v1.Service) { b.pc.mutate(s, b.extIP, b.lbIP) })
+		if np := cluster.NodePortOf(old, "http"); np != 0 && np != cluster.NodePortOf(b.svc, "http") {
+			b.formerNodePort = np
+		}
+		for _, ip := range old.Spec.ExternalIPs {
+			if !slices.Contains(b.svc.Spec.ExternalIPs, ip) {
+				b.formerExtIPs = append(b.formerExtIPs, ip)
+			}
+		}
+	}
 	// Both proxies have every Service port before the probes start; the
 	// probes then retry a difference until the deadline, as endpoint
 	// changes (terminating, not ready) may still be on their way.
 	for _, b := range all {
-		for _, p := range b.svc.Spec.Ports {
-			name := fmt.Sprintf("%s/%s:%s ", b.svc.Namespace, b.svc.Name, p.Name)
-			if !wait.Poll(60*time.Second, func() bool {
-				nat, _ := b.node.Save("nat")
-				filter, _ := b.node.Save("filter")
-				return strings.Contains(nat+filter, name)
-			}) {
-				t.Fatalf("%s: no rules for %s", b.node.Name, name)
-			}
-		}
+		waitForRules(t, b.node, b.svc)
 	}
 
 	var mismatches []string
 	compared := 0
 	for i := 0; i < len(all); i += 2 {
 		a, k := all[i], all[i+1]
-		pa, pk := a.pc.probes(a.svc, a.node, a.client, a.extIP, a.lbIP), k.pc.probes(k.svc, k.node, k.client, k.extIP, k.lbIP)
+		pa, pk := probesOf(a), probesOf(k)
 		for j := range pa {
 			var oa, ok string
 			same := wait.Poll(20*time.Second, func() bool {
@@ -226,6 +257,9 @@ type parityCase struct {
 	healthCheck bool
 	// wrongPort also probes a port the Service does not have.
 	wrongPort bool
+	// before, when set, is the shape the Service is created in; it is
+	// changed to mutate's once both proxies have programmed it.
+	before func(s *v1.Service, extIP, lbIP string)
 	// nodeIPAsExternal: the external IP is the probed node's own address.
 	nodeIPAsExternal bool
 	// proxyIPMode: the load balancer ingress has ipMode Proxy.
@@ -297,6 +331,21 @@ func parityCases() []parityCase {
 		{name: "lb-ip-mode-proxy", pods: both, lb: true, proxyIPMode: true, mutate: func(s *v1.Service, _, _ string) {
 			s.Spec.Type = v1.ServiceTypeLoadBalancer
 		}},
+		// Updates: created in one shape, changed to another.
+		{name: "was-node-port", pods: both, before: nodePort("Cluster", ""), mutate: func(*v1.Service, string, string) {}},
+		{name: "was-local-now-cluster", pods: []string{"peer"}, before: nodePort("Local", ""), mutate: nodePort("Cluster", "")},
+		{name: "was-cluster-now-local", pods: []string{"peer"}, before: nodePort("Cluster", ""), mutate: nodePort("Local", "")},
+		{name: "was-itp-local", pods: []string{"peer"}, before: nodePort("Cluster", "Local"), mutate: nodePort("Cluster", "")},
+		{name: "was-affinity", pods: both, before: func(s *v1.Service, _, _ string) {
+			s.Spec.SessionAffinity = v1.ServiceAffinityClientIP
+		}, mutate: func(*v1.Service, string, string) {}},
+		{name: "was-external-ip", pods: both, before: func(s *v1.Service, extIP, _ string) {
+			s.Spec.ExternalIPs = []string{extIP}
+		}, mutate: func(*v1.Service, string, string) {}},
+		{name: "was-source-ranges", pods: both, lb: true, before: func(s *v1.Service, _, _ string) {
+			s.Spec.Type = v1.ServiceTypeLoadBalancer
+			s.Spec.LoadBalancerSourceRanges = []string{c.ExternalIP + "/32"}
+		}, mutate: func(s *v1.Service, _, _ string) { s.Spec.Type = v1.ServiceTypeLoadBalancer }},
 		{name: "lb-source-ranges", pods: both, lb: true, mutate: func(s *v1.Service, _, _ string) {
 			s.Spec.Type = v1.ServiceTypeLoadBalancer
 			s.Spec.LoadBalancerSourceRanges = []string{c.ExternalIP + "/32"}
@@ -678,6 +727,48 @@ func setIPModeProxy(t *testing.T, svc *v1.Service) *v1.Service {
 	})
 	if err != nil {
 		t.Fatalf("setting ipMode Proxy on %s: %v", svc.Name, err)
+	}
+	return out
+}
+
+// waitForRules waits until the node's rules mention every port of svc.
+func waitForRules(t *testing.T, n *cluster.Node, svc *v1.Service) {
+	t.Helper()
+	for _, p := range svc.Spec.Ports {
+		name := fmt.Sprintf("%s/%s:%s ", svc.Namespace, svc.Name, p.Name)
+		if !wait.Poll(60*time.Second, func() bool {
+			nat, _ := n.Save("nat")
+			filter, _ := n.Save("filter")
+			return strings.Contains(nat+filter, name)
+		}) {
+			t.Fatalf("%s: no rules for %s", n.Name, name)
+		}
+	}
+}
+
+// reshape updates svc to the shape mutate gives a plain ClusterIP Service
+// (the fields the cases set are reset first), as kubectl apply would.
+func reshape(t *testing.T, svc *v1.Service, mutate func(*v1.Service)) *v1.Service {
+	t.Helper()
+	var out *v1.Service
+	err := wait.Retry(10*time.Second, func() error {
+		cur, err := c.Client.CoreV1().Services(svc.Namespace).Get(t.Context(), svc.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Spec.Type = v1.ServiceTypeClusterIP
+		cur.Spec.ExternalTrafficPolicy = ""
+		cur.Spec.InternalTrafficPolicy = nil
+		cur.Spec.ExternalIPs = nil
+		cur.Spec.SessionAffinity, cur.Spec.SessionAffinityConfig = v1.ServiceAffinityNone, nil
+		cur.Spec.LoadBalancerSourceRanges = nil
+		cur.Spec.TrafficDistribution = nil
+		mutate(cur)
+		out, err = c.Client.CoreV1().Services(svc.Namespace).Update(t.Context(), cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		t.Fatalf("reshaping %s: %v", svc.Name, err)
 	}
 	return out
 }
