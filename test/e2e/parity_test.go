@@ -15,7 +15,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/switchyard-proxy/switchyard/test/e2e/cluster"
@@ -713,22 +712,11 @@ func noICMPRateLimit(t *testing.T, n *cluster.Node) {
 // destination, so the proxies leave the ingress IP alone.
 func setIPModeProxy(t *testing.T, svc *v1.Service) *v1.Service {
 	t.Helper()
-	var out *v1.Service
-	err := wait.Retry(10*time.Second, func() error {
-		cur, err := c.Client.CoreV1().Services(svc.Namespace).Get(t.Context(), svc.Name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
+	return c.UpdateService(t, svc, true, func(cur *v1.Service) {
 		for i := range cur.Status.LoadBalancer.Ingress {
 			cur.Status.LoadBalancer.Ingress[i].IPMode = ptr.To(v1.LoadBalancerIPModeProxy)
 		}
-		out, err = c.Client.CoreV1().Services(svc.Namespace).UpdateStatus(t.Context(), cur, metav1.UpdateOptions{})
-		return err
 	})
-	if err != nil {
-		t.Fatalf("setting ipMode Proxy on %s: %v", svc.Name, err)
-	}
-	return out
 }
 
 // waitForRules waits until the node's rules mention every port of svc.
@@ -750,12 +738,7 @@ func waitForRules(t *testing.T, n *cluster.Node, svc *v1.Service) {
 // (the fields the cases set are reset first), as kubectl apply would.
 func reshape(t *testing.T, svc *v1.Service, mutate func(*v1.Service)) *v1.Service {
 	t.Helper()
-	var out *v1.Service
-	err := wait.Retry(10*time.Second, func() error {
-		cur, err := c.Client.CoreV1().Services(svc.Namespace).Get(t.Context(), svc.Name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
+	return c.UpdateService(t, svc, false, func(cur *v1.Service) {
 		cur.Spec.Type = v1.ServiceTypeClusterIP
 		cur.Spec.ExternalTrafficPolicy = ""
 		cur.Spec.InternalTrafficPolicy = nil
@@ -764,11 +747,5 @@ func reshape(t *testing.T, svc *v1.Service, mutate func(*v1.Service)) *v1.Servic
 		cur.Spec.LoadBalancerSourceRanges = nil
 		cur.Spec.TrafficDistribution = nil
 		mutate(cur)
-		out, err = c.Client.CoreV1().Services(svc.Namespace).Update(t.Context(), cur, metav1.UpdateOptions{})
-		return err
 	})
-	if err != nil {
-		t.Fatalf("reshaping %s: %v", svc.Name, err)
-	}
-	return out
 }

@@ -249,21 +249,35 @@ func Names(pods []*Pod) []string {
 // cloud controller would.
 func (c *Cluster) SetLoadBalancerIngress(t netns.T, svc *v1.Service, ips ...string) *v1.Service {
 	t.Helper()
-	var out *v1.Service
-	err := wait.Retry(10*time.Second, func() error {
-		cur, err := c.Client.CoreV1().Services(svc.Namespace).Get(context.Background(), svc.Name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
+	return c.UpdateService(t, svc, true, func(cur *v1.Service) {
 		cur.Status.LoadBalancer.Ingress = nil
 		for _, ip := range ips {
 			cur.Status.LoadBalancer.Ingress = append(cur.Status.LoadBalancer.Ingress, v1.LoadBalancerIngress{IP: ip})
 		}
-		out, err = c.Client.CoreV1().Services(svc.Namespace).UpdateStatus(context.Background(), cur, metav1.UpdateOptions{})
+	})
+}
+
+// UpdateService applies change to the Service as it is now and writes it
+// back (its status when status is set), retrying conflicts.
+func (c *Cluster) UpdateService(t netns.T, svc *v1.Service, status bool, change func(*v1.Service)) *v1.Service {
+	t.Helper()
+	var out *v1.Service
+	services := c.Client.CoreV1().Services(svc.Namespace)
+	err := wait.Retry(10*time.Second, func() error {
+		cur, err := services.Get(context.Background(), svc.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		change(cur)
+		if status {
+			out, err = services.UpdateStatus(context.Background(), cur, metav1.UpdateOptions{})
+		} else {
+			out, err = services.Update(context.Background(), cur, metav1.UpdateOptions{})
+		}
 		return err
 	})
 	if err != nil {
-		t.Fatalf("setting load balancer ingress of %s: %v", svc.Name, err)
+		t.Fatalf("updating service %s: %v", svc.Name, err)
 	}
 	return out
 }
