@@ -51,7 +51,6 @@ type Proxier struct {
 
 	mu         sync.Mutex
 	lastSync   time.Time
-	lastGood   time.Time
 	lastErr    error
 	lastResult []SyncResult
 	syncCount  int
@@ -83,16 +82,6 @@ func (p *Proxier) LastSnapshot() *Snapshot {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.lastSnap
-}
-
-// LastSync is when the last sync completed successfully (zero: never).
-func (p *Proxier) LastSync() time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.lastErr != nil && p.lastSnap == nil {
-		return time.Time{}
-	}
-	return p.lastGood
 }
 
 // New returns a proxier over one syncer per IP family the node has.
@@ -131,9 +120,17 @@ func (p *Proxier) markPending() {
 // one still pending was requested less than twice the sync period ago (as
 // kube-proxy judges its own health).
 func (p *Proxier) Healthy() bool {
+	_, overdue := p.overdue()
+	return !overdue
+}
+
+// overdue returns when the oldest sync request not yet served was made,
+// and whether that was twice the sync period ago or longer.
+func (p *Proxier) overdue() (time.Time, bool) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.pendingSince.IsZero() || time.Since(p.pendingSince) < 2*p.cfg.SyncPeriod
+	pending := p.pendingSince
+	p.mu.Unlock()
+	return pending, !pending.IsZero() && time.Since(pending) >= 2*p.cfg.SyncPeriod
 }
 
 // FamilyHealth is one IP family's part of the health answer.
@@ -150,10 +147,7 @@ type FamilyHealth struct {
 // FamilyHealth reports each IP family's health, as kube-proxy's health
 // answer lists it per family.
 func (p *Proxier) FamilyHealth() []FamilyHealth {
-	p.mu.Lock()
-	pending := p.pendingSince
-	p.mu.Unlock()
-	overdue := !pending.IsZero() && time.Since(pending) >= 2*p.cfg.SyncPeriod
+	pending, overdue := p.overdue()
 	var out []FamilyHealth
 	for _, s := range p.syncers {
 		last, failing := s.LastSynced()
@@ -218,7 +212,6 @@ func (p *Proxier) syncOnce(ctx context.Context) (more bool, _ error) {
 	}
 	if err == nil {
 		p.lastSnap = snap
-		p.lastGood = p.lastSync
 	}
 	p.mu.Unlock()
 	if err == nil {

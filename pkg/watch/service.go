@@ -26,8 +26,9 @@ type parsedService struct {
 // parseService reads a Service into the form the informer keeps.
 func parseService(f proxier.Filter, svc *v1.Service) *parsedService {
 	p := &parsedService{ObjectMeta: identity(&svc.ObjectMeta)}
-	p.skip = f.SkipReason(svc)
-	p.ports, p.err = f.ServicePorts(svc)
+	if p.skip = f.SkipReason(svc); p.skip == "" {
+		p.ports, p.err = f.ServicePorts(svc)
+	}
 	return p
 }
 

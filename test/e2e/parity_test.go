@@ -54,40 +54,14 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 	for _, n := range []*cluster.Node{swy, kp} {
 		clients[n] = c.StartPod(t, ns, cluster.PodOptions{Name: fmt.Sprintf("client-%d", n.Index), Node: n})
 	}
-	type built struct {
-		pc     parityCase
-		node   *cluster.Node
-		svc    *v1.Service
-		roles  map[string]string // pod name -> role relative to node
-		client *cluster.Pod
-		extIP  string
-		lbIP   string
-		// formerNodePort and formerExtIPs are what the shape at creation
-		// had and the final one does not: still probed.
-		formerNodePort int32
-		formerExtIPs   []string
-	}
-	var all []*built
-	probesOf := func(b *built) []probe {
-		out := b.pc.probes(b.svc, b.node, b.client, b.extIP, b.lbIP)
-		ext := func(*cluster.Pod, *cluster.Node) (*netns.NS, []string) {
-			return c.External, []string{c.ExternalIP, c.ExternalIP6}
-		}
-		if b.formerNodePort != 0 {
-			out = append(out, probe{"outside -> former node port", ext, "tcp", hostPort(b.node.IP, b.formerNodePort)})
-		}
-		for _, ip := range b.formerExtIPs {
-			out = append(out, probe{"outside -> former external IP", ext, "tcp", ip + ":80"})
-		}
-		return out
-	}
+	var all []*paritySide
 	for ci, pc := range parityCases() {
 		for _, n := range []*cluster.Node{swy, kp} {
 			peer := swy
 			if n == swy {
 				peer = kp
 			}
-			b := &built{pc: pc, node: n, roles: map[string]string{}, client: clients[n],
+			b := &paritySide{pc: pc, node: n, roles: map[string]string{}, client: clients[n],
 				extIP: fmt.Sprintf("203.0.113.%d", 10+2*ci+n.Index-1), lbIP: fmt.Sprintf("198.51.100.%d", 10+2*ci+n.Index-1)}
 			if pc.nodeIPAsExternal {
 				b.extIP = n.IP
@@ -163,12 +137,11 @@ func TestSameFatesAsKubeProxy(t *testing.T) {
 	compared := 0
 	for i := 0; i < len(all); i += 2 {
 		a, k := all[i], all[i+1]
-		pa, pk := probesOf(a), probesOf(k)
+		pa, pk := a.probes(), k.probes()
 		for j := range pa {
 			var oa, ok string
 			same := wait.Poll(20*time.Second, func() bool {
-				oa = pa[j].run(a.node, a.client, a.roles, a.pc.sticky)
-				ok = pk[j].run(k.node, k.client, k.roles, k.pc.sticky)
+				oa, ok = pa[j].run(a), pk[j].run(k)
 				return oa == ok
 			})
 			compared++
@@ -366,75 +339,102 @@ func parityCases() []parityCase {
 }
 
 // probe is one kind of request to one address from one place.
+// paritySide is one of a case's two Services: the node it is probed on,
+// its pods by role, and the client pod there.
+type paritySide struct {
+	pc     parityCase
+	node   *cluster.Node
+	svc    *v1.Service
+	roles  map[string]string // pod name -> role relative to node
+	client *cluster.Pod
+	extIP  string
+	lbIP   string
+	// formerNodePort and formerExtIPs are what the shape at creation had
+	// and the final one does not: still probed.
+	formerNodePort int32
+	formerExtIPs   []string
+}
+
+// probe is one kind of request to one address from one place.
 type probe struct {
 	what  string
-	from  func(client *cluster.Pod, n *cluster.Node) (*netns.NS, []string)
+	from  func(*paritySide) (ns *netns.NS, addrs []string)
 	proto string
 	addr  string
 }
 
-func (pc parityCase) probes(svc *v1.Service, n *cluster.Node, client *cluster.Pod, extIP, lbIP string) []probe {
-	pod := func(client *cluster.Pod, _ *cluster.Node) (*netns.NS, []string) {
-		return client.NS.NS, []string{client.IP, client.IP6}
+// Where probes come from, with every address of the prober.
+var (
+	fromPod = func(b *paritySide) (*netns.NS, []string) {
+		return b.client.NS.NS, []string{b.client.IP, b.client.IP6}
 	}
-	host := func(_ *cluster.Pod, n *cluster.Node) (*netns.NS, []string) { return n.NS, []string{n.IP, n.IP6} }
-	ext := func(*cluster.Pod, *cluster.Node) (*netns.NS, []string) {
+	fromNode    = func(b *paritySide) (*netns.NS, []string) { return b.node.NS, []string{b.node.IP, b.node.IP6} }
+	fromOutside = func(*paritySide) (*netns.NS, []string) {
 		return c.External, []string{c.ExternalIP, c.ExternalIP6}
 	}
-	ext2 := func(*cluster.Pod, *cluster.Node) (*netns.NS, []string) { return c.External2, []string{c.External2IP} }
+	fromOtherOutside = func(*paritySide) (*netns.NS, []string) { return c.External2, []string{c.External2IP} }
+)
+
+// probes are the requests this side's Service is compared by.
+func (b *paritySide) probes() []probe {
+	n, svc := b.node, b.svc
 	cip := svc.Spec.ClusterIP
-	out := []probe{
-		{"pod -> cluster IP tcp", pod, "tcp", cip + ":80"},
-		{"pod -> cluster IP udp", pod, "udp", cip + ":53"},
-		{"node -> cluster IP tcp", host, "tcp", cip + ":80"},
-	}
-	if !pc.hairpin {
-		out = append(out, probe{"outside -> cluster IP", ext, "tcp", cip + ":80"})
-	}
-	if pc.wrongPort {
-		out = append(out, probe{"pod -> cluster IP, port not in the Service", pod, "tcp", cip + ":81"})
-	}
 	np := cluster.NodePortOf(svc, "http")
-	if pc.hairpin {
-		out = out[:2]
+	out := []probe{
+		{"pod -> cluster IP tcp", fromPod, "tcp", cip + ":80"},
+		{"pod -> cluster IP udp", fromPod, "udp", cip + ":53"},
+	}
+	if b.pc.hairpin {
 		if np != 0 {
-			out = append(out, probe{"pod -> node port", pod, "tcp", hostPort(n.IP, np)})
+			out = append(out, probe{"pod -> node port", fromPod, "tcp", hostPort(n.IP, np)})
 		}
 		return out
+	}
+	out = append(out,
+		probe{"node -> cluster IP tcp", fromNode, "tcp", cip + ":80"},
+		probe{"outside -> cluster IP", fromOutside, "tcp", cip + ":80"})
+	if b.pc.wrongPort {
+		out = append(out, probe{"pod -> cluster IP, port not in the Service", fromPod, "tcp", cip + ":81"})
 	}
 	if np != 0 {
 		at := hostPort(n.IP, np)
 		out = append(out,
-			probe{"outside -> node port tcp", ext, "tcp", at},
-			probe{"outside -> node port udp", ext, "udp", hostPort(n.IP, cluster.NodePortOf(svc, "dns"))},
-			probe{"pod -> node port", pod, "tcp", at},
-			probe{"node -> node port", host, "tcp", at},
-			probe{"node -> localhost node port", host, "tcp", hostPort("127.0.0.1", np)})
+			probe{"outside -> node port tcp", fromOutside, "tcp", at},
+			probe{"outside -> node port udp", fromOutside, "udp", hostPort(n.IP, cluster.NodePortOf(svc, "dns"))},
+			probe{"pod -> node port", fromPod, "tcp", at},
+			probe{"node -> node port", fromNode, "tcp", at},
+			probe{"node -> localhost node port", fromNode, "tcp", hostPort("127.0.0.1", np)})
 	}
 	if len(svc.Spec.ClusterIPs) == 2 {
 		cip6 := svc.Spec.ClusterIPs[1]
 		out = append(out,
-			probe{"pod -> IPv6 cluster IP tcp", pod, "tcp", hostPort(cip6, 80)},
-			probe{"pod -> IPv6 cluster IP udp", pod, "udp", hostPort(cip6, 53)},
-			probe{"node -> IPv6 cluster IP", host, "tcp", hostPort(cip6, 80)})
+			probe{"pod -> IPv6 cluster IP tcp", fromPod, "tcp", hostPort(cip6, 80)},
+			probe{"pod -> IPv6 cluster IP udp", fromPod, "udp", hostPort(cip6, 53)},
+			probe{"node -> IPv6 cluster IP", fromNode, "tcp", hostPort(cip6, 80)})
 		if np != 0 {
 			out = append(out,
-				probe{"outside -> IPv6 node port", ext, "tcp", hostPort(n.IP6, np)},
-				probe{"pod -> IPv6 node port", pod, "tcp", hostPort(n.IP6, np)})
+				probe{"outside -> IPv6 node port", fromOutside, "tcp", hostPort(n.IP6, np)},
+				probe{"pod -> IPv6 node port", fromPod, "tcp", hostPort(n.IP6, np)})
 		}
 	}
 	for _, ip := range svc.Spec.ExternalIPs {
 		out = append(out,
-			probe{"outside -> external IP", ext, "tcp", ip + ":80"},
-			probe{"pod -> external IP", pod, "tcp", ip + ":80"},
-			probe{"node -> external IP", host, "tcp", ip + ":80"})
+			probe{"outside -> external IP", fromOutside, "tcp", ip + ":80"},
+			probe{"pod -> external IP", fromPod, "tcp", ip + ":80"},
+			probe{"node -> external IP", fromNode, "tcp", ip + ":80"})
 	}
-	if pc.lb {
+	if b.pc.lb {
 		out = append(out,
-			probe{"outside -> LB IP", ext, "tcp", lbIP + ":80"},
-			probe{"other outside -> LB IP", ext2, "tcp", lbIP + ":80"},
-			probe{"pod -> LB IP", pod, "tcp", lbIP + ":80"},
-			probe{"node -> LB IP", host, "tcp", lbIP + ":80"})
+			probe{"outside -> LB IP", fromOutside, "tcp", b.lbIP + ":80"},
+			probe{"other outside -> LB IP", fromOtherOutside, "tcp", b.lbIP + ":80"},
+			probe{"pod -> LB IP", fromPod, "tcp", b.lbIP + ":80"},
+			probe{"node -> LB IP", fromNode, "tcp", b.lbIP + ":80"})
+	}
+	if b.formerNodePort != 0 {
+		out = append(out, probe{"outside -> former node port", fromOutside, "tcp", hostPort(n.IP, b.formerNodePort)})
+	}
+	for _, ip := range b.formerExtIPs {
+		out = append(out, probe{"outside -> former external IP", fromOutside, "tcp", ip + ":80"})
 	}
 	return out
 }
@@ -443,18 +443,11 @@ func (pc parityCase) probes(svc *v1.Service, n *cluster.Node, client *cluster.Po
 // answered by its role, with the client address it saw (relative: the
 // prober itself, this node, the other node), or how the requests failed.
 // It stops early once two pods answered, or after two failures alike.
-func (p probe) run(n *cluster.Node, client *cluster.Pod, roles map[string]string, sticky bool) string {
-	ns, self := p.from(client, n)
-	isSelf := func(ip string) bool {
-		for _, a := range self {
-			if a == ip {
-				return true
-			}
-		}
-		return false
-	}
+func (p probe) run(b *paritySide) string {
+	n := b.node
+	ns, self := p.from(b)
 	seen := map[string]bool{}
-	answers, failures := 0, map[string]int{}
+	failures := map[string]int{}
 	for i := 0; i < 40; i++ {
 		var a netns.Answer
 		var err error
@@ -472,14 +465,13 @@ func (p probe) run(n *cluster.Node, client *cluster.Pod, roles map[string]string
 			}
 			continue
 		}
-		answers++
-		role, ok := roles[a.Server]
+		role, ok := b.roles[a.Server]
 		if !ok {
 			role = "stranger " + a.Server
 		}
 		from := a.Client
 		switch {
-		case isSelf(a.Client):
+		case slices.Contains(self, a.Client):
 			from = "the prober"
 		case a.Client == n.IP || a.Client == n.IP6:
 			from = "this node"
@@ -490,11 +482,11 @@ func (p probe) run(n *cluster.Node, client *cluster.Pod, roles map[string]string
 				}
 			}
 		}
-		if sticky {
+		if b.pc.sticky {
 			role = "one pod"
 		}
 		seen[role+" (saw "+from+")"] = true
-		if len(seen) >= 2 && !sticky {
+		if len(seen) >= 2 && !b.pc.sticky {
 			break
 		}
 	}
