@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin:/usr/sbin:/sbin
 
-.PHONY: all setup build test lint unit integration e2e e2e-tools run golden image fuzz bench clean
+.PHONY: all setup build test lint unit integration e2e e2e-tools conformance conformance-tools run golden image fuzz bench clean
 
 all: build
 
@@ -17,8 +17,8 @@ setup:
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/switchyard ./cmd/switchyard
 
-## test: everything CI runs: setup, lint, unit, real-iptables and e2e tests
-test: setup lint unit integration e2e
+## test: everything CI runs: setup, lint, unit, real-iptables and e2e tests, upstream's [Conformance] Services specs
+test: setup lint unit integration e2e conformance-ci
 
 ## lint: gofmt, go vet (all modules), the kind config (kind's own types) and the workflow (actionlint)
 lint:
@@ -50,6 +50,29 @@ e2e-tools:
 ## e2e: the local cluster suite (root): real control plane, netns nodes, real packets
 e2e: e2e-tools
 	$(GO) test -count=1 -timeout 30m ./test/e2e/...
+
+## conformance-tools: also build kubelet, kube-scheduler, kubectl, agnhost, ginkgo, e2e.test (v1.36.3) and CoreDNS (cached)
+conformance-tools:
+	./test/e2e/tools/build.sh conformance
+
+## conformance: upstream's e2e.test (FOCUS, default [sig-network] Services; SKIP) on a real two-node kubelet cluster
+## (root). PROXY=kube-proxy runs upstream kube-proxy v1.36.3 (iptables mode) in place of switchyard: the baseline.
+FOCUS ?= \[sig-network\] Services
+SKIP ?=
+PROXY ?= switchyard
+PROCS ?= 4
+conformance: setup build conformance-tools
+	CGO_ENABLED=0 $(GO) build -o bin/pause ./test/conformance/pause
+	$(GO) build -o bin/conformance ./test/conformance
+	./bin/conformance --repo . --switchyard bin/switchyard --tools test/e2e/tools/bin --pause bin/pause \
+		--proxy '$(PROXY)' --focus '$(FOCUS)' --skip '$(SKIP)' --procs $(PROCS) \
+		--logs _output/conformance --reports artifacts/conformance
+
+## conformance-ci: what make test runs of it: the images' own test, then the 15 [Conformance] specs of
+## [sig-network] Services against switchyard
+conformance-ci: setup build conformance-tools
+	$(GO) test -count=1 ./test/conformance/...
+	$(MAKE) conformance FOCUS='\[sig-network\] Services .*\[Conformance\]' SKIP= PROXY=switchyard
 
 ## fuzz: run each fuzz target for FUZZTIME (default 30s); not part of make test (their seeds are)
 FUZZTIME ?= 30s

@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Installs what switchyard's build and tests need on a Debian machine:
 # iptables (both backends), iproute2, conntrack, etcd (for the e2e control
-# plane), curl, nftables (nft, for cleanup --kube-proxy) and procps (sysctl, for the test namespaces). Go itself must already be installed (the project's
-# machines have it at /usr/local/go).
+# plane), curl, nftables (nft, for cleanup --kube-proxy), procps (sysctl, for
+# the test namespaces), and for `make conformance` containerd, runc, the CNI
+# plugins, and the programs its test images carry (busybox-static,
+# netcat-openbsd, bind9-dnsutils, iperf, wget; util-linux's nsenter starts the
+# nodes). Go itself must already be installed (the project's machines have
+# it at /usr/local/go).
 # Idempotent: it only calls apt-get when something is missing.
 set -euo pipefail
 
 need=()
-for pair in iptables:iptables-nft-restore iptables:iptables-legacy-restore iproute2:ip conntrack:conntrack etcd-server:etcd curl:curl nftables:nft procps:sysctl; do
+for pair in iptables:iptables-nft-restore iptables:iptables-legacy-restore iproute2:ip conntrack:conntrack etcd-server:etcd curl:curl nftables:nft procps:sysctl \
+  containerd:containerd runc:runc containernetworking-plugins:/usr/lib/cni/ptp busybox-static:busybox util-linux:nsenter \
+  netcat-openbsd:nc.openbsd bind9-dnsutils:dig iperf:iperf wget:wget; do
   pkg=${pair%%:*} bin=${pair##*:}
+  if [[ $bin == /* ]]; then [ -e "$bin" ] || need+=("$pkg"); continue; fi
   command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

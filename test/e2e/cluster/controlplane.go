@@ -40,7 +40,10 @@ type ControlPlane struct {
 	// identities.
 	AdminKubeconfig string
 	ProxyKubeconfig string
-	procs           []*Process
+	// CAFile is the apiserver's self-signed serving certificate (the root
+	// CA pods trust), set with ControlPlaneOptions.Kubelets.
+	CAFile string
+	procs  []*Process
 }
 
 // ControlPlaneOptions says where things are.
@@ -51,7 +54,17 @@ type ControlPlaneOptions struct {
 	ToolsDir string
 	// LogDir receives each component's log.
 	LogDir string
+	// Kubelets names the nodes real kubelets will run as. When set, the
+	// control plane is the whole one a kubelet cluster needs: a static
+	// token per node (system:node:NAME in system:nodes) with the Node
+	// authorizer, the ServiceAccount admission plugin and token controller,
+	// every controller of kube-controller-manager, kube-scheduler, and the
+	// apiserver reaching kubelets by their InternalIP (exec, logs).
+	Kubelets []string
 }
+
+// NodeToken is the static token of the kubelet of node name.
+func NodeToken(name string) string { return "switchyard-e2e-kubelet-" + name }
 
 func freePort(ip string) (int, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
@@ -95,12 +108,25 @@ func StartControlPlane(t *Owner, o ControlPlaneOptions) *ControlPlane {
 		t.Fatalf("%v", err)
 	}
 	tokens := filepath.Join(dir, "tokens.csv")
-	if err := os.WriteFile(tokens, []byte(fmt.Sprintf("%s,admin,admin,\"system:masters\"\n%s,%s,switchyard,\"system:serviceaccounts,system:serviceaccounts:kube-system\"\n",
-		AdminToken, ProxyToken, ProxyUser)), 0o600); err != nil {
+	tokenLines := fmt.Sprintf("%s,admin,admin,\"system:masters\"\n%s,%s,switchyard,\"system:serviceaccounts,system:serviceaccounts:kube-system\"\n",
+		AdminToken, ProxyToken, ProxyUser)
+	for _, n := range o.Kubelets {
+		tokenLines += fmt.Sprintf("%s,system:node:%s,kubelet-%s,\"system:nodes\"\n", NodeToken(n), n, n)
+	}
+	if err := os.WriteFile(tokens, []byte(tokenLines), 0o600); err != nil {
 		t.Fatalf("%v", err)
 	}
+	// Without kubelets there are no pods to mount tokens into, and the
+	// suite's objects need no more than RBAC.
+	authz := []string{"--authorization-mode=RBAC", "--disable-admission-plugins=ServiceAccount"}
+	controllers := "endpointslice,endpointslicemirroring,namespace,garbagecollector"
+	if len(o.Kubelets) > 0 {
+		authz = []string{"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+			"--kubelet-preferred-address-types=InternalIP"}
+		controllers = "*"
+	}
 	cp.Server = "https://" + net.JoinHostPort(o.BindIP, strconv.Itoa(apiPort))
-	cp.start(t, "kube-apiserver", o.LogDir, exec.Command(filepath.Join(o.ToolsDir, "kube-apiserver"),
+	cp.start(t, "kube-apiserver", o.LogDir, exec.Command(filepath.Join(o.ToolsDir, "kube-apiserver"), append(authz,
 		"--etcd-servers="+etcdURL,
 		"--service-cluster-ip-range="+ServiceCIDR+","+ServiceCIDR6,
 		"--bind-address="+o.BindIP, "--advertise-address="+o.BindIP,
@@ -110,18 +136,16 @@ func StartControlPlane(t *Owner, o ControlPlaneOptions) *ControlPlane {
 		"--service-account-key-file="+keyFile,
 		"--service-account-signing-key-file="+keyFile,
 		"--token-auth-file="+tokens,
-		"--authorization-mode=RBAC",
-		"--disable-admission-plugins=ServiceAccount",
 		"--allow-privileged=true",
 		"--enable-priority-and-fairness=false",
 		"--profiling=false",
 		"--endpoint-reconciler-type=lease",
-		"-v=1"))
+		"-v=1")...))
 
 	cp.AdminKubeconfig = filepath.Join(dir, "admin.kubeconfig")
 	cp.ProxyKubeconfig = filepath.Join(dir, "proxy.kubeconfig")
 	for path, token := range map[string]string{cp.AdminKubeconfig: AdminToken, cp.ProxyKubeconfig: ProxyToken} {
-		if err := os.WriteFile(path, []byte(kubeconfig(cp.Server, token)), 0o600); err != nil {
+		if err := os.WriteFile(path, []byte(Kubeconfig(cp.Server, token)), 0o600); err != nil {
 			t.Fatalf("%v", err)
 		}
 	}
@@ -129,13 +153,25 @@ func StartControlPlane(t *Owner, o ControlPlaneOptions) *ControlPlane {
 		t.Fatalf("kube-apiserver did not become ready: %v (log: %s)", err, filepath.Join(o.LogDir, "kube-apiserver.log"))
 	}
 
-	cp.start(t, "kube-controller-manager", o.LogDir, exec.Command(filepath.Join(o.ToolsDir, "kube-controller-manager"),
-		"--kubeconfig="+cp.AdminKubeconfig,
-		"--controllers=endpointslice,endpointslicemirroring,namespace,garbagecollector",
+	kcm := []string{"--kubeconfig=" + cp.AdminKubeconfig,
+		"--controllers=" + controllers,
 		"--leader-elect=false",
 		"--secure-port=0",
 		"--concurrent-service-endpoint-syncs=10",
-		"-v=1"))
+		"-v=1"}
+	if len(o.Kubelets) > 0 {
+		// The token controller signs ServiceAccount tokens; the root CA
+		// publisher gives every namespace kube-root-ca.crt, which each pod's
+		// projected token volume needs.
+		cp.CAFile = filepath.Join(dir, "certs", "apiserver.crt")
+		kcm = append(kcm, "--service-account-private-key-file="+keyFile, "--root-ca-file="+cp.CAFile,
+			"--use-service-account-credentials=false")
+	}
+	cp.start(t, "kube-controller-manager", o.LogDir, exec.Command(filepath.Join(o.ToolsDir, "kube-controller-manager"), kcm...))
+	if len(o.Kubelets) > 0 {
+		cp.start(t, "kube-scheduler", o.LogDir, exec.Command(filepath.Join(o.ToolsDir, "kube-scheduler"),
+			"--kubeconfig="+cp.AdminKubeconfig, "--leader-elect=false", "--secure-port=0", "-v=1"))
+	}
 	return cp
 }
 
@@ -192,7 +228,9 @@ func (cp *ControlPlane) waitReady(timeout time.Duration) error {
 	return nil
 }
 
-func kubeconfig(server, token string) string {
+// Kubeconfig is a kubeconfig file for server (TLS unverified) with a bearer
+// token.
+func Kubeconfig(server, token string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Config
 clusters:

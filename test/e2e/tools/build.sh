@@ -1,19 +1,57 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and kube-proxy (v1.36.3) from
-# this module into bin/ (git-ignored). A binary is rebuilt only when missing
-# or older than go.mod/go.sum; the first build takes about 8 minutes on 2
-# cores, later ones are instant thanks to Go's build cache.
+# Builds Kubernetes v1.36.3 programs from this module into bin/ (git-ignored).
+# With no arguments: what the e2e suite runs (kube-apiserver,
+# kube-controller-manager, kube-proxy). `build.sh conformance` adds what
+# `make conformance` runs: kubelet, kube-scheduler, kubectl, agnhost, ginkgo
+# and e2e.test. A binary is rebuilt only when missing or older than
+# go.mod/go.sum; the first build of the e2e set takes about 8 minutes on 2
+# cores, the conformance set about 12 more; later builds are instant thanks
+# to Go's build cache.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PATH="$PATH:/usr/local/go/bin"
 mkdir -p bin
-for cmd in kube-apiserver kube-controller-manager kube-proxy; do
-  if [ -x "bin/$cmd" ] && [ "bin/$cmd" -nt go.mod ] && [ "bin/$cmd" -nt go.sum ]; then
-    continue
+version="v1.36.3"
+# The version stamp kubelet and kubectl report (they read it from ldflags).
+vpkg="k8s.io/component-base/version"
+stamp="-X $vpkg.gitVersion=$version -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=36 -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=2026-01-01T00:00:00Z"
+
+fresh() { [ -x "bin/$1" ] && [ "bin/$1" -nt go.mod ] && [ "bin/$1" -nt go.sum ]; }
+
+build() { # name package [test]
+  local name=$1 pkg=$2 kind=${3:-}
+  fresh "$name" && return 0
+  echo "tools: building $name ($version)..."
+  local start; start=$(date +%s)
+  if [ "$kind" = test ]; then
+    go test -c -trimpath -ldflags "-s -w $stamp" -o "bin/$name.tmp" "$pkg"
+  else
+    # agnhost runs inside test containers from a minimal root filesystem:
+    # a static binary needs nothing from it.
+    CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $stamp" -o "bin/$name.tmp" "$pkg"
   fi
-  echo "tools: building $cmd (v1.36.3)..."
+  mv "bin/$name.tmp" "bin/$name"
+  echo "tools: $name built in $(( $(date +%s) - start ))s"
+}
+
+build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
+build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
+if [ "${1:-}" = conformance ]; then
+  build kubelet k8s.io/kubernetes/cmd/kubelet
+  build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+  build kubectl k8s.io/kubernetes/cmd/kubectl
+  build agnhost k8s.io/kubernetes/test/images/agnhost
+  build ginkgo github.com/onsi/ginkgo/v2/ginkgo
+  build e2e.test k8s.io/kubernetes/test/e2e test
+fi
+dns_mod=../../conformance/coredns
+if [ "${1:-}" = conformance ] && ! { [ -x bin/coredns ] && [ bin/coredns -nt $dns_mod/go.mod ] && [ bin/coredns -nt $dns_mod/go.sum ]; }; then
+  # CoreDNS, the conformance cluster's DNS, from its own module (it pins
+  # its own client-go).
+  echo "tools: building coredns (v1.15.0)..."
   start=$(date +%s)
-  go build -trimpath -ldflags "-s -w" -o "bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
-  mv "bin/$cmd.tmp" "bin/$cmd"
-  echo "tools: $cmd built in $(( $(date +%s) - start ))s"
-done
+  (cd $dns_mod && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o ../../e2e/tools/bin/coredns.tmp github.com/coredns/coredns)
+  mv bin/coredns.tmp bin/coredns
+  echo "tools: coredns built in $(( $(date +%s) - start ))s"
+fi
