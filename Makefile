@@ -5,7 +5,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 export PATH := $(PATH):/usr/local/go/bin:/usr/sbin:/sbin
 
-.PHONY: all setup build test lint unit integration e2e e2e-tools conformance conformance-tools run golden image fuzz bench clean
+.PHONY: all setup build test lint unit integration e2e e2e-tools conformance conformance-ci run golden image fuzz bench clean
 
 all: build
 
@@ -43,7 +43,8 @@ run: setup build e2e-tools
 	$(GO) build -o bin/localcluster ./test/e2e/localcluster
 	./bin/localcluster --repo . --switchyard bin/switchyard --tools test/e2e/tools/bin --logs _output/local
 
-## e2e-tools: build kube-apiserver, kube-controller-manager, kube-proxy v1.36.3 (cached)
+## e2e-tools: build kube-apiserver, kube-controller-manager, kube-proxy, kubelet, kube-scheduler, kubectl, agnhost,
+## ginkgo, e2e.test (v1.36.3) and CoreDNS (cached)
 e2e-tools:
 	./test/e2e/tools/build.sh
 
@@ -51,26 +52,24 @@ e2e-tools:
 e2e: e2e-tools
 	$(GO) test -count=1 -timeout 30m ./test/e2e/...
 
-## conformance-tools: also build kubelet, kube-scheduler, kubectl, agnhost, ginkgo, e2e.test (v1.36.3) and CoreDNS (cached)
-conformance-tools:
-	./test/e2e/tools/build.sh conformance
-
 ## conformance: upstream's e2e.test (FOCUS, default [sig-network] Services; SKIP) on a real two-node kubelet cluster
 ## (root). PROXY=kube-proxy runs upstream kube-proxy v1.36.3 (iptables mode) in place of switchyard: the baseline.
+## NODES (default 3: one spec needs three), PROCS (ginkgo's parallel processes, default 4).
 FOCUS ?= \[sig-network\] Services
 SKIP ?=
 PROXY ?= switchyard
 PROCS ?= 4
-conformance: setup build conformance-tools
+NODES ?= 3
+conformance: setup build e2e-tools
 	CGO_ENABLED=0 $(GO) build -o bin/pause ./test/conformance/pause
 	$(GO) build -o bin/conformance ./test/conformance
 	./bin/conformance --repo . --switchyard bin/switchyard --tools test/e2e/tools/bin --pause bin/pause \
-		--proxy '$(PROXY)' --focus '$(FOCUS)' --skip '$(SKIP)' --procs $(PROCS) \
+		--proxy '$(PROXY)' --focus '$(FOCUS)' --skip '$(SKIP)' --procs $(PROCS) --nodes $(NODES) \
 		--logs _output/conformance --reports artifacts/conformance
 
 ## conformance-ci: what make test runs of it: the images' own test, then the 15 [Conformance] specs of
 ## [sig-network] Services against switchyard
-conformance-ci: setup build conformance-tools
+conformance-ci: setup build e2e-tools
 	$(GO) test -count=1 ./test/conformance/...
 	$(MAKE) conformance FOCUS='\[sig-network\] Services .*\[Conformance\]' SKIP= PROXY=switchyard
 

@@ -24,7 +24,10 @@ func TestImagesRunInContainerd(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(tools, "agnhost")); err != nil {
-		t.Skip("agnhost is not built: run test/e2e/tools/build.sh conformance")
+		if os.Getenv("CI") != "" {
+			t.Fatalf("CI is set and agnhost is not built (make e2e-tools): %v", err)
+		}
+		t.Skip("agnhost is not built: run make e2e-tools")
 	}
 	dir := t.TempDir()
 	pause := filepath.Join(dir, "pause")

@@ -53,7 +53,7 @@ type options struct {
 	repo, switchyard, tools, pause string
 	proxy                          string
 	focus, skip                    string
-	procs                          int
+	procs, nodes                   int
 	logs, reports                  string
 	timeout                        time.Duration
 	hold                           bool
@@ -63,12 +63,13 @@ func main() {
 	var o options
 	flag.StringVar(&o.repo, "repo", ".", "the repository root")
 	flag.StringVar(&o.switchyard, "switchyard", "bin/switchyard", "the switchyard binary")
-	flag.StringVar(&o.tools, "tools", "test/e2e/tools/bin", "the Kubernetes programs (test/e2e/tools/build.sh conformance)")
+	flag.StringVar(&o.tools, "tools", "test/e2e/tools/bin", "the Kubernetes programs (make e2e-tools)")
 	flag.StringVar(&o.pause, "pause", "bin/pause", "the pause program (./test/conformance/pause)")
 	flag.StringVar(&o.proxy, "proxy", "switchyard", "the service proxy every node runs: switchyard or kube-proxy")
 	flag.StringVar(&o.focus, "focus", `\[sig-network\] Services`, "ginkgo focus regexp")
 	flag.StringVar(&o.skip, "skip", "", "ginkgo skip regexp")
 	flag.IntVar(&o.procs, "procs", 4, "ginkgo parallel processes ([Serial] specs still run alone)")
+	flag.IntVar(&o.nodes, "nodes", 3, "how many nodes (one spec needs 3)")
 	flag.StringVar(&o.logs, "logs", "_output/conformance", "where component logs go")
 	flag.StringVar(&o.reports, "reports", "artifacts/conformance", "where the JUnit report and ginkgo's output go")
 	flag.DurationVar(&o.timeout, "timeout", 90*time.Minute, "ginkgo's suite timeout")
@@ -76,6 +77,9 @@ func main() {
 	flag.Parse()
 	if o.proxy != "switchyard" && o.proxy != "kube-proxy" {
 		fail("--proxy must be switchyard or kube-proxy, not %q", o.proxy)
+	}
+	if o.nodes < 1 || o.nodes > 9 {
+		fail("--nodes must be between 1 and 9")
 	}
 	if os.Geteuid() != 0 {
 		fail("must run as root (network namespaces, containerd, kubelet)")
@@ -92,7 +96,7 @@ func main() {
 	}
 	for _, bin := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl", "kube-proxy", "agnhost", "coredns", "ginkgo", "e2e.test"} {
 		if _, err := os.Stat(filepath.Join(o.tools, bin)); err != nil && !(o.hold && (bin == "ginkgo" || bin == "e2e.test")) {
-			fail("%s is missing: run test/e2e/tools/build.sh conformance (make conformance does)", filepath.Join(o.tools, bin))
+			fail("%s is missing: run make e2e-tools", filepath.Join(o.tools, bin))
 		}
 	}
 	for _, d := range []string{o.logs, o.reports} {
@@ -156,7 +160,7 @@ func run(o options) int {
 		fmt.Fprintf(os.Stderr, "conformance: building the cluster: %v (logs in %s)\n", err, o.logs)
 		return 1
 	}
-	fmt.Printf("conformance: cluster up in %s: 2 nodes, %s on each\n", time.Since(start).Round(time.Second), o.proxy)
+	fmt.Printf("conformance: cluster up in %s: %d nodes, %s on each\n", time.Since(start).Round(time.Second), o.nodes, o.proxy)
 	if o.hold {
 		fmt.Printf("conformance: holding the cluster; Ctrl-C tears it down.\n  export KUBECONFIG=%s PATH=%s:$PATH\n  logs: %s\n",
 			c.cp.AdminKubeconfig, o.tools, o.logs)
@@ -184,6 +188,9 @@ func run(o options) int {
 		"--dns-domain=cluster.local",
 		"--minStartupPods=0",
 		"--allowed-not-ready-nodes=0",
+		// Without it only ginkgo's first process learns the node count;
+		// specs that need two nodes skip at random on the others.
+		"--num-nodes="+fmt.Sprint(o.nodes),
 		"--node-schedulable-timeout=2m",
 	)
 	cmd := exec.Command(filepath.Join(o.tools, "ginkgo"), args...)
@@ -245,7 +252,10 @@ func (c *conformanceCluster) check() error {
 }
 
 func startCluster(o *cluster.Owner, opts options) *conformanceCluster {
-	names := []string{"node-1", "node-2"}
+	var names []string
+	for i := 1; i <= opts.nodes; i++ {
+		names = append(names, fmt.Sprintf("node-%d", i))
+	}
 	underlay := netns.NewBridge(o, prefix+"-underlay")
 	apiIP := subnet + ".254"
 	underlay.Attach(o, netns.Root(o), prefix+"0", apiIP+"/24")

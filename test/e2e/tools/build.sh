@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds Kubernetes v1.36.3 programs from this module into bin/ (git-ignored).
-# With no arguments: what the e2e suite runs (kube-apiserver,
-# kube-controller-manager, kube-proxy). `build.sh conformance` adds what
-# `make conformance` runs: kubelet, kube-scheduler, kubectl, agnhost, ginkgo
-# and e2e.test. A binary is rebuilt only when missing or older than
-# go.mod/go.sum; the first build of the e2e set takes about 8 minutes on 2
-# cores, the conformance set about 12 more; later builds are instant thanks
-# to Go's build cache.
+# Builds Kubernetes v1.36.3 programs from this module into bin/ (git-ignored):
+# what the e2e suite and `make bench` run (kube-apiserver,
+# kube-controller-manager, kube-proxy), then what `make conformance` adds
+# (kubelet, kube-scheduler, kubectl, agnhost, ginkgo, e2e.test, and CoreDNS
+# from its own module). A binary is rebuilt only when missing or older than
+# its module's go.mod/go.sum; the first build takes about 15 minutes on 2
+# cores (e2e.test alone about 5), later ones are instant thanks to Go's
+# build cache.
 set -euo pipefail
 cd "$(dirname "$0")"
 export PATH="$PATH:/usr/local/go/bin"
@@ -37,16 +37,14 @@ build() { # name package [test]
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 build kube-proxy k8s.io/kubernetes/cmd/kube-proxy
-if [ "${1:-}" = conformance ]; then
-  build kubelet k8s.io/kubernetes/cmd/kubelet
-  build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
-  build kubectl k8s.io/kubernetes/cmd/kubectl
-  build agnhost k8s.io/kubernetes/test/images/agnhost
-  build ginkgo github.com/onsi/ginkgo/v2/ginkgo
-  build e2e.test k8s.io/kubernetes/test/e2e test
-fi
+build kubelet k8s.io/kubernetes/cmd/kubelet
+build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+build kubectl k8s.io/kubernetes/cmd/kubectl
+build agnhost k8s.io/kubernetes/test/images/agnhost
+build ginkgo github.com/onsi/ginkgo/v2/ginkgo
+build e2e.test k8s.io/kubernetes/test/e2e test
 dns_mod=../../conformance/coredns
-if [ "${1:-}" = conformance ] && ! { [ -x bin/coredns ] && [ bin/coredns -nt $dns_mod/go.mod ] && [ bin/coredns -nt $dns_mod/go.sum ]; }; then
+if ! { [ -x bin/coredns ] && [ bin/coredns -nt $dns_mod/go.mod ] && [ bin/coredns -nt $dns_mod/go.sum ]; }; then
   # CoreDNS, the conformance cluster's DNS, from its own module (it pins
   # its own client-go).
   echo "tools: building coredns (v1.15.0)..."
