@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -18,12 +19,17 @@ import (
 
 // What a run leaves on the host outside its network namespaces, and how
 // teardown finds it again, also after the run itself was killed:
-//   - everything on disk under baseDir (containerd's root and state, the
-//     kubelets' roots, pod logs, images), with the mounts made there
-//     (container root filesystems, shm, volume tmpfs);
+//   - the network namespaces prefix-* (nodes, underlay, DNS), which a
+//     killed run did not delete;
+//   - everything on disk under baseDir (the control plane's directory,
+//     containerd's root and state, the kubelets' roots, pod logs, images),
+//     with the mounts made there (container root filesystems, shm, volume
+//     tmpfs, the nodes' UTS namespaces);
 //   - the nodes' cgroups, /swy-node-N in every hierarchy, holding every
 //     container's processes;
-//   - the containerd shims (they outlive containerd by design);
+//   - the processes that name files under baseDir: the containerd shims
+//     (they outlive containerd by design), and everything else a killed
+//     run started;
 //   - the pods' network namespaces, /var/run/netns/cni-*, made since the
 //     run began;
 //   - what the run added to hostDirs (below);
@@ -84,18 +90,20 @@ func prepare() error {
 // returned: teardown goes as far as it can.
 func teardownHost() {
 	var rec runRecord
+	_, dirErr := os.Stat(baseDir)
 	b, err := os.ReadFile(filepath.Join(baseDir, "started"))
 	if err == nil {
 		err = json.Unmarshal(b, &rec)
 	}
 	killCgroups()
-	killShims()
+	killUnder(baseDir)
+	removeOwnNetns()
 	unmountUnder(baseDir)
 	if err == nil {
 		removePodNetns(rec.Start)
 		removeAdded(rec)
 		restoreTunables(rec.Tunables)
-	} else {
+	} else if dirErr == nil {
 		fmt.Fprintf(os.Stderr, "conformance: teardown: no record of the host before the run (%v): pod network namespaces and kernel settings left as they are\n", err)
 	}
 	removeLogLinks()
@@ -192,21 +200,32 @@ func killCgroups() {
 	}
 }
 
-// killShims kills containerd shims started for this run's containerds
-// (their command line names a socket under baseDir).
-func killShims() {
+// removeOwnNetns deletes the run's own network namespaces (prefix-*).
+func removeOwnNetns() {
+	paths, _ := filepath.Glob("/var/run/netns/" + prefix + "-*")
+	for _, p := range paths {
+		if out, err := exec.Command("ip", "netns", "del", filepath.Base(p)).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "conformance: teardown: %v: %s\n", err, out)
+		}
+	}
+}
+
+// killUnder kills every process whose command line names a path under
+// dir: the shims (they outlive containerd by design), and after a killed
+// run whatever else it started (etcd, the apiserver, containerd, the
+// kubelets, the proxies and CoreDNS all name their files there).
+func killUnder(dir string) {
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || pid == os.Getpid() {
 			continue
 		}
 		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 		if err != nil {
 			continue
 		}
-		line := strings.ReplaceAll(string(cmd), "\x00", " ")
-		if strings.Contains(line, "containerd-shim") && strings.Contains(line, baseDir) {
+		if strings.Contains(strings.ReplaceAll(string(cmd), "\x00", " "), dir+"/") {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}

@@ -56,7 +56,7 @@ type options struct {
 	procs, nodes                   int
 	logs, reports                  string
 	timeout                        time.Duration
-	hold                           bool
+	hold, teardown                 bool
 }
 
 func main() {
@@ -74,6 +74,7 @@ func main() {
 	flag.StringVar(&o.reports, "reports", "artifacts/conformance", "where the JUnit report and ginkgo's output go")
 	flag.DurationVar(&o.timeout, "timeout", 90*time.Minute, "ginkgo's suite timeout")
 	flag.BoolVar(&o.hold, "hold", false, "build the cluster, print how to use it and wait for Ctrl-C instead of running the specs")
+	flag.BoolVar(&o.teardown, "teardown", false, "only remove what an earlier, killed run left behind")
 	flag.Parse()
 	if o.proxy != "switchyard" && o.proxy != "kube-proxy" {
 		fail("--proxy must be switchyard or kube-proxy, not %q", o.proxy)
@@ -83,6 +84,10 @@ func main() {
 	}
 	if os.Geteuid() != 0 {
 		fail("must run as root (network namespaces, containerd, kubelet)")
+	}
+	if o.teardown {
+		teardownHost()
+		os.Exit(0)
 	}
 	if msg := netns.Missing("iptables", "etcd", "containerd", "runc", "ctr", "nsenter", "ldd", "busybox"); msg != "" {
 		fail("%s (make setup installs them)", msg)
@@ -259,7 +264,7 @@ func startCluster(o *cluster.Owner, opts options) *conformanceCluster {
 	underlay := netns.NewBridge(o, prefix+"-underlay")
 	apiIP := subnet + ".254"
 	underlay.Attach(o, netns.Root(o), prefix+"0", apiIP+"/24")
-	cp := cluster.StartControlPlane(o, cluster.ControlPlaneOptions{BindIP: apiIP, ToolsDir: opts.tools, LogDir: opts.logs, Kubelets: names})
+	cp := cluster.StartControlPlane(o, cluster.ControlPlaneOptions{BindIP: apiIP, ToolsDir: opts.tools, LogDir: opts.logs, Kubelets: names, Dir: baseDir})
 	c := &conformanceCluster{cp: cp}
 	cfg, err := clientcmd.BuildConfigFromFlags("", cp.AdminKubeconfig)
 	if err != nil {

@@ -54,6 +54,10 @@ type ControlPlaneOptions struct {
 	ToolsDir string
 	// LogDir receives each component's log.
 	LogDir string
+	// Dir is where the control plane's own directory (etcd's data,
+	// certificates, keys, kubeconfigs) is made; the default temporary
+	// directory when empty.
+	Dir string
 	// Kubelets names the nodes real kubelets will run as. When set, the
 	// control plane is the whole one a kubelet cluster needs: a static
 	// token per node (system:node:NAME in system:nodes) with the Node
@@ -78,7 +82,7 @@ func freePort(ip string) (int, error) {
 // StartControlPlane starts the three components and waits until the
 // apiserver is ready. Everything is stopped at the owner's cleanup.
 func StartControlPlane(t *Owner, o ControlPlaneOptions) *ControlPlane {
-	dir, err := os.MkdirTemp("", "switchyard-cp")
+	dir, err := os.MkdirTemp(o.Dir, "switchyard-cp")
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
