@@ -54,17 +54,19 @@ e2e: e2e-tools
 
 ## conformance: upstream's e2e.test (FOCUS, default [sig-network] Services; SKIP) on a real two-node kubelet cluster
 ## (root). PROXY=kube-proxy runs upstream kube-proxy v1.36.3 (iptables mode) in place of switchyard: the baseline.
-## NODES (default 3: one spec needs three), PROCS (ginkgo's parallel processes, default 4).
+## NODES (default 3: one spec needs three), PROCS (ginkgo's parallel processes, default 4), PROXY_AS (daemonset:
+## the proxy's DaemonSet with a locally built image, as operators run it; process: a process in each node's namespaces).
 FOCUS ?= \[sig-network\] Services
 SKIP ?=
 PROXY ?= switchyard
 PROCS ?= 4
 NODES ?= 3
+PROXY_AS ?= daemonset
 conformance: setup build e2e-tools
 	CGO_ENABLED=0 $(GO) build -o bin/pause ./test/conformance/pause
 	$(GO) build -o bin/conformance ./test/conformance
 	./bin/conformance --repo . --switchyard bin/switchyard --tools test/e2e/tools/bin --pause bin/pause \
-		--proxy '$(PROXY)' --focus '$(FOCUS)' --skip '$(SKIP)' --procs $(PROCS) --nodes $(NODES) \
+		--proxy '$(PROXY)' --focus '$(FOCUS)' --skip '$(SKIP)' --procs $(PROCS) --nodes $(NODES) --proxy-as $(PROXY_AS) \
 		--logs _output/conformance --reports artifacts/conformance
 
 ## conformance-ci: what make test runs of it: the images' own test, then the 15 [Conformance] specs of

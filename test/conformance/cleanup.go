@@ -43,9 +43,10 @@ var kernelTunables = []string{"vm/overcommit_memory", "kernel/panic", "kernel/pa
 // hostDirs are directories outside baseDir that containerd, the CNI
 // plugins and the kubelet write to whatever their configuration says: the
 // shims' sockets (/run/containerd/s), libcni's result cache, the kubelet's
-// device-plugin socket. What the run added there is removed; a directory
+// device-plugin socket, and the xtables lock the proxies' DaemonSets mount
+// (a hostPath FileOrCreate). What the run added there is removed; a path
 // that did not exist before the run is removed whole.
-var hostDirs = []string{"/run/containerd", "/var/lib/cni", "/var/lib/kubelet"}
+var hostDirs = []string{"/run/containerd", "/var/lib/cni", "/var/lib/kubelet", "/run/xtables.lock"}
 
 // runRecord is what teardown needs to know about the host before the run:
 // it is kept in baseDir/started, so a later run can tear down a killed one.

@@ -341,3 +341,71 @@ func buildImages(dir, toolsDir, pauseBin string) ([]image, error) {
 	}
 	return images, nil
 }
+
+// The proxies' images, under the names their DaemonSets ask for.
+const (
+	switchyardImage = "switchyard:dev" // deploy/daemonset.yaml
+	kubeProxyImage  = "registry.k8s.io/kube-proxy:v1.36.3"
+)
+
+// addIptables installs Debian's iptables userland as a proxy's image
+// carries it: both backends (xtables-nft-multi and xtables-legacy-multi
+// under every name iptables answers to, iptables itself being nft as on
+// Debian), the extension modules they load at run time, conntrack and nft.
+func (r *rootfs) addIptables() error {
+	for _, multi := range []struct{ prog, backend string }{
+		{"/usr/sbin/xtables-nft-multi", "nft"}, {"/usr/sbin/xtables-legacy-multi", "legacy"},
+	} {
+		if err := r.addProgram(multi.prog); err != nil {
+			return err
+		}
+		base := path.Base(multi.prog)
+		for _, fam := range []string{"iptables", "ip6tables"} {
+			for _, suffix := range []string{"", "-save", "-restore"} {
+				r.symlink("usr/sbin/"+fam+"-"+multi.backend+suffix, base)
+				if multi.backend == "nft" {
+					r.symlink("usr/sbin/"+fam+suffix, base)
+				}
+			}
+		}
+	}
+	mods, err := filepath.Glob("/usr/lib/x86_64-linux-gnu/xtables/*.so")
+	if err != nil || len(mods) == 0 {
+		return fmt.Errorf("no iptables extension modules under /usr/lib/x86_64-linux-gnu/xtables (%v)", err)
+	}
+	for _, m := range mods {
+		if err := r.addProgram(m); err != nil {
+			return err
+		}
+	}
+	for _, p := range []string{"/usr/sbin/conntrack", "/usr/sbin/nft", "/bin/ip"} {
+		if err := r.addProgram(p); err != nil {
+			return err
+		}
+	}
+	for _, f := range []string{"/etc/ethertypes"} {
+		if _, err := os.Stat(f); err == nil {
+			if err := r.copyFile(f, f); err != nil {
+				return err
+			}
+		}
+	}
+	return r.addBusybox()
+}
+
+// buildProxyImage writes the image of a proxy binary: the binary at
+// inside, Debian's iptables userland, busybox for a shell.
+func buildProxyImage(dir, name, file, binary, inside string) (image, error) {
+	r := newRootfs()
+	if err := r.copyFile(binary, inside); err != nil {
+		return image{}, err
+	}
+	if err := r.addIptables(); err != nil {
+		return image{}, fmt.Errorf("image %s: %w", name, err)
+	}
+	p := filepath.Join(dir, file)
+	if err := r.writeDockerArchive(p, name, imageConfig{Entrypoint: []string{inside}}); err != nil {
+		return image{}, fmt.Errorf("image %s: %w", name, err)
+	}
+	return image{Name: name, File: p}, nil
+}

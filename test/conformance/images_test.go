@@ -38,6 +38,15 @@ func TestImagesRunInContainerd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	swy := filepath.Join(dir, "switchyard")
+	if out, err := exec.Command("go", "build", "-o", swy, "../../cmd/switchyard").CombinedOutput(); err != nil {
+		t.Fatalf("building switchyard: %v: %s", err, out)
+	}
+	proxyImg, err := buildProxyImage(filepath.Join(dir, "images"), switchyardImage, "proxy.tar", swy, "/usr/local/bin/switchyard")
+	if err != nil {
+		t.Fatal(err)
+	}
+	imgs = append(imgs, proxyImg)
 
 	sock := filepath.Join(dir, "containerd.sock")
 	config := filepath.Join(dir, "containerd.toml")
@@ -82,7 +91,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		ctr("images", "import", img.File)
 	}
 	list := ctr("images", "ls", "-q")
-	for _, name := range []string{pauseImage, agnhostImage, busyboxImage} {
+	for _, name := range []string{pauseImage, agnhostImage, busyboxImage, "docker.io/library/" + switchyardImage} {
 		if !strings.Contains(list, name) {
 			t.Errorf("image %s not imported; have:\n%s", name, list)
 		}
@@ -98,5 +107,24 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	}
 	if out := ctr("run", "--rm", "--net-host", busyboxImage, "probe2", "sh", "-c", "echo hello from busybox"); !strings.Contains(out, "hello from busybox") {
 		t.Errorf("busybox image: %s", out)
+	}
+	// The proxy's image: its binary, both iptables backends with the
+	// extensions a proxy's rules load (checked by restoring such rules in
+	// the container's own, empty network namespace), conntrack and nft.
+	rules := `*nat
+:PROBE - [0:0]
+-A PROBE -m comment --comment probe -m statistic --mode random --probability 0.5 -j RETURN
+-A PROBE -m recent --rcheck --seconds 10 --reap --name probe --rsource -j RETURN
+-A PROBE -p tcp -m tcp --dport 80 -m addrtype --dst-type LOCAL -j DNAT --to-destination 10.0.0.1:80
+-A PROBE -m mark --mark 0x4000/0x4000 -j MASQUERADE
+COMMIT
+`
+	out = ctr("run", "--rm", "--privileged", "docker.io/library/"+switchyardImage, "probe3", "/bin/sh", "-c",
+		"/usr/local/bin/switchyard --version; iptables --version; iptables-legacy --version; conntrack --version; nft --version; "+
+			"printf '"+rules+"' | iptables-nft-restore --test && echo nft-restore-ok; printf '"+rules+"' | iptables-legacy-restore --test && echo legacy-restore-ok")
+	for _, want := range []string{"switchyard", "(nf_tables)", "(legacy)", "conntrack v", "nftables v", "nft-restore-ok", "legacy-restore-ok"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("switchyard image: %q missing from the output:\n%s", want, out)
+		}
 	}
 }

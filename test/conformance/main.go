@@ -8,7 +8,8 @@
 // network namespace on an underlay bridge with its own containerd and its
 // own kubelet v1.36.3, pods networked by the CNI ptp and host-local
 // plugins; CoreDNS behind the kube-dns Service; and the proxy under test
-// in each node's namespace (host network) as the proxy's ServiceAccount.
+// as its DaemonSet (host-network pods with their ServiceAccount's token),
+// or as a process in each node's namespaces (--proxy-as=process).
 // Every image the specs run is built here from the Kubernetes module and
 // Debian's programs and imported into each containerd: no registry.
 //
@@ -22,6 +23,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -51,7 +53,7 @@ const (
 
 type options struct {
 	repo, switchyard, tools, pause string
-	proxy                          string
+	proxy, proxyAs                 string
 	focus, skip                    string
 	procs, nodes                   int
 	logs, reports                  string
@@ -66,6 +68,7 @@ func main() {
 	flag.StringVar(&o.tools, "tools", "test/e2e/tools/bin", "the Kubernetes programs (make e2e-tools)")
 	flag.StringVar(&o.pause, "pause", "bin/pause", "the pause program (./test/conformance/pause)")
 	flag.StringVar(&o.proxy, "proxy", "switchyard", "the service proxy every node runs: switchyard or kube-proxy")
+	flag.StringVar(&o.proxyAs, "proxy-as", "daemonset", "how the proxy runs: daemonset (pods, as operators run it) or process (a process in each node's namespaces)")
 	flag.StringVar(&o.focus, "focus", `\[sig-network\] Services`, "ginkgo focus regexp")
 	flag.StringVar(&o.skip, "skip", "", "ginkgo skip regexp")
 	flag.IntVar(&o.procs, "procs", 4, "ginkgo parallel processes ([Serial] specs still run alone)")
@@ -78,6 +81,9 @@ func main() {
 	flag.Parse()
 	if o.proxy != "switchyard" && o.proxy != "kube-proxy" {
 		fail("--proxy must be switchyard or kube-proxy, not %q", o.proxy)
+	}
+	if o.proxyAs != "daemonset" && o.proxyAs != "process" {
+		fail("--proxy-as must be daemonset or process, not %q", o.proxyAs)
 	}
 	if o.nodes < 1 || o.nodes > 9 {
 		fail("--nodes must be between 1 and 9")
@@ -174,35 +180,8 @@ func run(o options) int {
 	}
 
 	junit := filepath.Join(o.reports, "junit.xml")
-	args := []string{
-		"--procs=" + fmt.Sprint(o.procs),
-		"--focus=" + o.focus,
-		"--junit-report=junit.xml",
-		"--output-dir=" + o.reports,
-		"--timeout=" + o.timeout.String(),
-		"--no-color",
-		"--silence-skips",
-	}
-	if o.skip != "" {
-		args = append(args, "--skip="+o.skip)
-	}
-	args = append(args, filepath.Join(o.tools, "e2e.test"), "--",
-		"--kubeconfig="+c.cp.AdminKubeconfig,
-		"--provider=skeleton",
-		"--kubectl-path="+filepath.Join(o.tools, "kubectl"),
-		"--dns-domain=cluster.local",
-		"--minStartupPods=0",
-		"--allowed-not-ready-nodes=0",
-		// Without it only ginkgo's first process learns the node count;
-		// specs that need two nodes skip at random on the others.
-		"--num-nodes="+fmt.Sprint(o.nodes),
-		"--node-schedulable-timeout=2m",
-	)
-	cmd := exec.Command(filepath.Join(o.tools, "ginkgo"), args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.cp.AdminKubeconfig, "PATH="+o.tools+":"+os.Getenv("PATH"))
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	fmt.Printf("conformance: %s %s\n", cmd.Path, strings.Join(args, " "))
+	cmd := ginkgoCommand(o, c.cp.AdminKubeconfig)
+	fmt.Printf("conformance: %s\n", strings.Join(cmd.Args, " "))
 	ginkgo.Lock()
 	startErr := cmd.Start()
 	ginkgo.cmd = cmd
@@ -236,10 +215,47 @@ func run(o options) int {
 	return 0
 }
 
+// ginkgoCommand runs e2e.test through ginkgo with the run's focus, skip
+// and parallelism, against the cluster's admin kubeconfig.
+func ginkgoCommand(o options, kubeconfig string) *exec.Cmd {
+	args := []string{
+		"--procs=" + fmt.Sprint(o.procs),
+		"--focus=" + o.focus,
+		"--junit-report=junit.xml",
+		"--output-dir=" + o.reports,
+		"--timeout=" + o.timeout.String(),
+		"--no-color",
+		"--silence-skips",
+	}
+	if o.skip != "" {
+		args = append(args, "--skip="+o.skip)
+	}
+	args = append(args, filepath.Join(o.tools, "e2e.test"), "--",
+		"--kubeconfig="+kubeconfig,
+		"--provider=skeleton",
+		"--kubectl-path="+filepath.Join(o.tools, "kubectl"),
+		"--dns-domain=cluster.local",
+		"--minStartupPods=0",
+		"--allowed-not-ready-nodes=0",
+		// Without it only ginkgo's first process learns the node count;
+		// specs that need two nodes skip at random on the others.
+		"--num-nodes="+fmt.Sprint(o.nodes),
+		"--node-schedulable-timeout=2m",
+	)
+	cmd := exec.Command(filepath.Join(o.tools, "ginkgo"), args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "PATH="+o.tools+":"+os.Getenv("PATH"))
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd
+}
+
 // conformanceCluster is what startCluster built.
 type conformanceCluster struct {
-	cp    *cluster.ControlPlane
-	nodes []*kubeNode
+	cp     *cluster.ControlPlane
+	client kubernetes.Interface
+	nodes  []*kubeNode
+	dnsNS  *netns.NS
+	logDir string
 }
 
 func (c *conformanceCluster) check() error {
@@ -248,6 +264,9 @@ func (c *conformanceCluster) check() error {
 	}
 	for _, n := range c.nodes {
 		for _, p := range []*cluster.Process{n.containerd, n.kubelet, n.proxy} {
+			if p == nil {
+				continue // the proxy runs as pods
+			}
 			if done, err := p.Exited(); done {
 				return fmt.Errorf("%s exited (%v); see %s", p.Name, err, p.LogPath)
 			}
@@ -256,6 +275,8 @@ func (c *conformanceCluster) check() error {
 	return nil
 }
 
+// startCluster builds the whole cluster and returns once every node is
+// Ready and its proxy has programmed the kubernetes Service.
 func startCluster(o *cluster.Owner, opts options) *conformanceCluster {
 	var names []string
 	for i := 1; i <= opts.nodes; i++ {
@@ -265,64 +286,41 @@ func startCluster(o *cluster.Owner, opts options) *conformanceCluster {
 	apiIP := subnet + ".254"
 	underlay.Attach(o, netns.Root(o), prefix+"0", apiIP+"/24")
 	cp := cluster.StartControlPlane(o, cluster.ControlPlaneOptions{BindIP: apiIP, ToolsDir: opts.tools, LogDir: opts.logs, Kubelets: names, Dir: baseDir})
-	c := &conformanceCluster{cp: cp}
 	cfg, err := clientcmd.BuildConfigFromFlags("", cp.AdminKubeconfig)
 	if err != nil {
 		o.Fatalf("%v", err)
 	}
-	client := kubernetes.NewForConfigOrDie(cfg)
-	if err := cluster.ApplyRBAC(client, opts.repo); err != nil {
+	c := &conformanceCluster{cp: cp, client: kubernetes.NewForConfigOrDie(cfg), logDir: opts.logs}
+	if err := cluster.ApplyRBAC(c.client, opts.repo); err != nil {
 		o.Fatalf("applying RBAC from deploy/daemonset.yaml: %v", err)
 	}
-	if opts.proxy == "kube-proxy" {
-		// kube-proxy's own role, as its DaemonSets bind it.
-		if _, err := client.RbacV1().ClusterRoleBindings().Create(context.Background(), &rbacv1.ClusterRoleBinding{
-			ObjectMeta: metav1.ObjectMeta{Name: "conformance:node-proxier"},
-			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "system:node-proxier"},
-			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "switchyard", Namespace: "kube-system"}},
-		}, metav1.CreateOptions{}); err != nil {
-			o.Fatalf("binding system:node-proxier: %v", err)
-		}
-	}
-	proxyKubeconfig := filepath.Join(baseDir, "proxy.kubeconfig")
-	if err := writeServiceAccountKubeconfig(client, cp.Server, proxyKubeconfig); err != nil {
-		o.Fatalf("%v", err)
-	}
-
 	imgs, err := buildImages(filepath.Join(baseDir, "images"), opts.tools, opts.pause)
 	if err != nil {
 		o.Fatalf("building images: %v", err)
 	}
-
-	gw := subnet + ".253" // nobody: unknown destinations die on the underlay
-	for i, name := range names {
-		n := &kubeNode{Name: name, Index: i + 1, PodCIDR: fmt.Sprintf("10.244.%d.0/24", i+1),
-			Dir: filepath.Join(baseDir, name), logDir: opts.logs}
-		n.Node = netns.NewNodeOn(o, fmt.Sprintf("%s-%s", prefix, name), underlay, fmt.Sprintf("%s.%d", subnet, i+1), gw)
-		c.nodes = append(c.nodes, n)
-	}
-	// The DNS server's namespace, and routes to every pod CIDR from
-	// everywhere on the underlay that pods talk to (the apiserver's root
-	// namespace, the DNS server, the other node).
-	dnsNS := netns.NewNamed(o, prefix+"-dns")
-	dnsIP := subnet + dnsSuffix
-	underlay.Attach(o, dnsNS, "eth0", dnsIP+"/24")
-	for _, n := range c.nodes {
-		for _, other := range c.nodes {
-			if other != n {
-				n.MustRun("ip", "route", "add", other.PodCIDR, "via", other.IP)
-			}
+	if opts.proxyAs == "daemonset" {
+		name, bin := switchyardImage, opts.switchyard
+		if opts.proxy == "kube-proxy" {
+			name, bin = kubeProxyImage, filepath.Join(opts.tools, "kube-proxy")
 		}
-		dnsNS.MustRun("ip", "route", "add", n.PodCIDR, "via", n.IP)
-		netns.Root(o).MustRun("ip", "route", "add", n.PodCIDR, "via", n.IP, "dev", prefix+"0")
+		img, err := buildProxyImage(filepath.Join(baseDir, "images"), name, "proxy.tar", bin, "/usr/local/bin/"+opts.proxy)
+		if err != nil {
+			o.Fatalf("building the proxy's image: %v", err)
+		}
+		imgs = append(imgs, img)
 	}
-	if err := startDNS(o, client, dnsNS, dnsIP, opts.tools, cp.AdminKubeconfig, baseDir, opts.logs); err != nil {
+
+	c.makeNodes(o, underlay, names)
+	if err := startDNS(o, c.client, c.dnsNS, subnet+dnsSuffix, opts.tools, cp.AdminKubeconfig, baseDir, opts.logs); err != nil {
 		o.Fatalf("%v", err)
 	}
-
+	var proxyKubeconfig string
+	if opts.proxyAs == "process" {
+		proxyKubeconfig = c.processProxyIdentity(o, opts.proxy)
+	}
 	for _, n := range c.nodes {
 		n := n
-		if err := createNode(client, n); err != nil {
+		if err := createNode(c.client, n); err != nil {
 			o.Fatalf("creating Node %s: %v", n.Name, err)
 		}
 		if err := os.MkdirAll(n.Dir, 0o755); err != nil {
@@ -332,8 +330,10 @@ func startCluster(o *cluster.Owner, opts options) *conformanceCluster {
 			o.Fatalf("%v", err)
 		}
 		o.Cleanup(func() { n.stop() })
-		if err := n.startProxy(opts.proxy, opts.switchyard, opts.tools, proxyKubeconfig); err != nil {
-			o.Fatalf("%v", err)
+		if opts.proxyAs == "process" {
+			if err := n.startProxy(opts.proxy, opts.switchyard, opts.tools, proxyKubeconfig); err != nil {
+				o.Fatalf("%v", err)
+			}
 		}
 		if err := n.startRuntime(imgs); err != nil {
 			o.Fatalf("%v", err)
@@ -342,15 +342,85 @@ func startCluster(o *cluster.Owner, opts options) *conformanceCluster {
 			o.Fatalf("%v", err)
 		}
 	}
+	if err := waitNodesReady(c.client, c.nodes, 3*time.Minute); err != nil {
+		o.Fatalf("%v", err)
+	}
+	if opts.proxyAs == "daemonset" {
+		c.deployProxy(o, opts)
+	}
 	for _, n := range c.nodes {
 		if err := n.waitProxyProgrammed(apiServerIP, 60*time.Second); err != nil {
 			o.Fatalf("%v", err)
 		}
 	}
-	if err := waitNodesReady(client, c.nodes, 3*time.Minute); err != nil {
+	return c
+}
+
+// makeNodes creates the nodes' network namespaces on the underlay and the
+// DNS server's, with routes to every pod CIDR from everywhere on the
+// underlay that pods talk to (the apiserver's root namespace, the DNS
+// server, the other nodes).
+func (c *conformanceCluster) makeNodes(o *cluster.Owner, underlay *netns.Bridge, names []string) {
+	gw := subnet + ".253" // nobody: unknown destinations die on the underlay
+	for i, name := range names {
+		n := &kubeNode{Name: name, Index: i + 1, PodCIDR: fmt.Sprintf("10.244.%d.0/24", i+1),
+			Dir: filepath.Join(baseDir, name), logDir: c.logDir}
+		n.Node = netns.NewNodeOn(o, fmt.Sprintf("%s-%s", prefix, name), underlay, fmt.Sprintf("%s.%d", subnet, i+1), gw)
+		c.nodes = append(c.nodes, n)
+	}
+	c.dnsNS = netns.NewNamed(o, prefix+"-dns")
+	underlay.Attach(o, c.dnsNS, "eth0", subnet+dnsSuffix+"/24")
+	for _, n := range c.nodes {
+		for _, other := range c.nodes {
+			if other != n {
+				n.MustRun("ip", "route", "add", other.PodCIDR, "via", other.IP)
+			}
+		}
+		c.dnsNS.MustRun("ip", "route", "add", n.PodCIDR, "via", n.IP)
+		netns.Root(o).MustRun("ip", "route", "add", n.PodCIDR, "via", n.IP, "dev", prefix+"0")
+	}
+}
+
+// processProxyIdentity gives a proxy run as a process the identity its
+// DaemonSet's pods would have: a kubeconfig with a token of
+// deploy/daemonset.yaml's ServiceAccount (and, for kube-proxy, its own
+// role bound to that account, as its DaemonSets bind it).
+func (c *conformanceCluster) processProxyIdentity(o *cluster.Owner, proxy string) string {
+	if proxy == "kube-proxy" {
+		if _, err := c.client.RbacV1().ClusterRoleBindings().Create(context.Background(), &rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "conformance:node-proxier"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "system:node-proxier"},
+			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: "switchyard", Namespace: "kube-system"}},
+		}, metav1.CreateOptions{}); err != nil {
+			o.Fatalf("binding system:node-proxier: %v", err)
+		}
+	}
+	path := filepath.Join(baseDir, "proxy.kubeconfig")
+	if err := writeServiceAccountKubeconfig(c.client, c.cp.Server, path); err != nil {
 		o.Fatalf("%v", err)
 	}
-	return c
+	return path
+}
+
+// deployProxy applies the proxy's DaemonSet and waits for its pods.
+func (c *conformanceCluster) deployProxy(o *cluster.Owner, opts options) {
+	host, port, err := net.SplitHostPort(strings.TrimPrefix(c.cp.Server, "https://"))
+	if err != nil {
+		o.Fatalf("%v", err)
+	}
+	manifest := kubeProxyDaemonSet(host, port)
+	if opts.proxy == "switchyard" {
+		if manifest, err = switchyardDaemonSet(opts.repo, host, port); err != nil {
+			o.Fatalf("%v", err)
+		}
+	}
+	if err := applyManifest(filepath.Join(opts.tools, "kubectl"), c.cp.AdminKubeconfig, manifest); err != nil {
+		o.Fatalf("deploying the %s DaemonSet: %v", opts.proxy, err)
+	}
+	o.Cleanup(func() { saveProxyLogs(c.client, opts.logs, opts.proxy) })
+	if err := waitProxyPods(c.client, len(c.nodes), 2*time.Minute); err != nil {
+		o.Fatalf("%v", err)
+	}
 }
 
 // stop stops the node's kubelet first (so it restarts nothing), then its

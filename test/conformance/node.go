@@ -357,16 +357,21 @@ func (n *kubeNode) startProxy(proxy, switchyard, toolsDir, kubeconfig string) er
 // kubernetes Service somewhere: the proxy is up and has synced.
 func (n *kubeNode) waitProxyProgrammed(clusterIP string, timeout time.Duration) error {
 	var last string
-	if wait.Poll(timeout, func() bool {
-		if done, err := n.proxy.Exited(); done {
-			last = fmt.Sprintf("the proxy exited (%v)", err)
-			return true
+	programmed := false
+	wait.Poll(timeout, func() bool {
+		if n.proxy != nil {
+			if done, err := n.proxy.Exited(); done {
+				last = fmt.Sprintf("the proxy exited (%v); see %s", err, n.proxy.LogPath)
+				return true
+			}
 		}
 		out, err := n.Run("iptables-save", "-t", "nat")
 		last = "no rule for " + clusterIP
-		return err == nil && strings.Contains(out, "-d "+clusterIP+"/32")
-	}) && strings.HasPrefix(last, "no rule") {
+		programmed = err == nil && strings.Contains(out, "-d "+clusterIP+"/32")
+		return programmed
+	})
+	if programmed {
 		return nil
 	}
-	return fmt.Errorf("%s: %s within %v (log: %s)", n.Name, last, timeout, n.proxy.LogPath)
+	return fmt.Errorf("%s: %s within %v", n.Name, last, timeout)
 }
