@@ -55,7 +55,8 @@ e2e: e2e-tools
 ## conformance: upstream's e2e.test (FOCUS, default [sig-network] Services; SKIP) on a real two-node kubelet cluster
 ## (root). PROXY=kube-proxy runs upstream kube-proxy v1.36.3 (iptables mode) in place of switchyard: the baseline.
 ## NODES (default 3: one spec needs three), PROCS (ginkgo's parallel processes, default 4), PROXY_AS (daemonset:
-## the proxy's DaemonSet with a locally built image, as operators run it; process: a process in each node's namespaces).
+## the proxy's own DaemonSet with a locally built image; kubeadm: kubeadm's kube-proxy DaemonSet with the proxy's
+## image swapped in; process: a process in each node's namespaces).
 FOCUS ?= \[sig-network\] Services
 SKIP ?=
 PROXY ?= switchyard

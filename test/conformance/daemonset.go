@@ -22,7 +22,9 @@ import (
 // hold. switchyard's is deploy/daemonset.yaml itself, with its ConfigMap
 // pointed at this cluster's apiserver; kube-proxy's is the one kubeadm
 // writes (a KubeProxyConfiguration and a kubeconfig on the pod's
-// ServiceAccount token, both in a ConfigMap).
+// ServiceAccount token, both in a ConfigMap). The third way is the
+// drop-in: kubeadm's kube-proxy DaemonSet, unchanged but for its image,
+// running switchyard (--proxy-as=kubeadm).
 //
 // Both sets of pods carry k8s-app=kube-proxy: the label of the DaemonSet a
 // replacement stands in for, and the one the spec that restarts the
@@ -49,8 +51,13 @@ func switchyardDaemonSet(repo, apiHost, apiPort string) (string, error) {
 }
 
 // kubeProxyDaemonSet is kube-proxy's DaemonSet as kubeadm deploys it, for
-// the baseline.
-func kubeProxyDaemonSet(apiHost, apiPort string) string {
+// the baseline, or (image switchyard's) as an operator who swaps the image
+// of that DaemonSet runs switchyard: same command, same config file. The
+// KubeProxyConfiguration is kubeadm's, every field written out as kube-proxy
+// v1.36.3's --write-config-to writes them, with one change: conntrack
+// maxPerCore 0, as the conntrack sysctls are not writable in a network
+// namespace.
+func kubeProxyDaemonSet(apiHost, apiPort, image string) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: ServiceAccount
 metadata: {name: kube-proxy, namespace: kube-system}
@@ -65,16 +72,75 @@ apiVersion: v1
 kind: ConfigMap
 metadata: {name: kube-proxy, namespace: kube-system, labels: {app: kube-proxy}}
 data:
-  config.conf: |
+  config.conf: |-
     apiVersion: kubeproxy.config.k8s.io/v1alpha1
-    kind: KubeProxyConfiguration
+    bindAddress: 0.0.0.0
+    bindAddressHardFail: false
     clientConnection:
+      acceptContentTypes: ""
+      burst: 0
+      contentType: ""
       kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
+      qps: 0
     clusterCIDR: %[3]s
-    mode: iptables
+    configSyncPeriod: 0s
     conntrack:
-      maxPerCore: 0  # the conntrack sysctls are not writable in a network namespace
-  kubeconfig.conf: |
+      maxPerCore: 0
+      min: null
+      tcpBeLiberal: false
+      tcpCloseWaitTimeout: null
+      tcpEstablishedTimeout: null
+      udpStreamTimeout: 0s
+      udpTimeout: 0s
+    detectLocal:
+      bridgeInterface: ""
+      interfaceNamePrefix: ""
+    detectLocalMode: ""
+    enableProfiling: false
+    healthzBindAddress: ""
+    hostnameOverride: ""
+    iptables:
+      localhostNodePorts: null
+      masqueradeAll: false
+      masqueradeBit: null
+      minSyncPeriod: 0s
+      syncPeriod: 0s
+    ipvs:
+      excludeCIDRs: null
+      minSyncPeriod: 0s
+      scheduler: ""
+      strictARP: false
+      syncPeriod: 0s
+      tcpFinTimeout: 0s
+      tcpTimeout: 0s
+      udpTimeout: 0s
+    kind: KubeProxyConfiguration
+    logging:
+      flushFrequency: 0
+      options:
+        json:
+          infoBufferSize: "0"
+        text:
+          infoBufferSize: "0"
+      verbosity: 0
+    metricsBindAddress: ""
+    mode: ""
+    nftables:
+      masqueradeAll: false
+      masqueradeBit: null
+      minSyncPeriod: 0s
+      syncPeriod: 0s
+    nodePortAddresses: null
+    oomScoreAdj: null
+    portRange: ""
+    showHiddenMetricsForVersion: ""
+    winkernel:
+      enableDSR: false
+      forwardHealthCheckVip: false
+      networkName: ""
+      rootHnsEndpointName: ""
+      sourceVip: ""
+  kubeconfig.conf: |-
     apiVersion: v1
     kind: Config
     clusters:
@@ -83,7 +149,10 @@ data:
         server: https://%[1]s:%[2]s
       name: default
     contexts:
-    - context: {cluster: default, namespace: default, user: default}
+    - context:
+        cluster: default
+        namespace: default
+        user: default
       name: default
     current-context: default
     users:
@@ -134,7 +203,7 @@ spec:
         hostPath: {path: /run/xtables.lock, type: FileOrCreate}
       - name: lib-modules
         hostPath: {path: /lib/modules}
-`, apiHost, apiPort, clusterCIDR, kubeProxyImage)
+`, apiHost, apiPort, clusterCIDR, image)
 }
 
 // applyManifest applies a multi-document manifest with kubectl, as an

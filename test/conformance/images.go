@@ -394,11 +394,17 @@ func (r *rootfs) addIptables() error {
 }
 
 // buildProxyImage writes the image of a proxy binary: the binary at
-// inside, Debian's iptables userland, busybox for a shell.
+// inside (and as /usr/local/bin/kube-proxy, the command of the kube-proxy
+// DaemonSets whose image an operator swaps), Debian's iptables userland,
+// busybox for a shell.
 func buildProxyImage(dir, name, file, binary, inside string) (image, error) {
 	r := newRootfs()
 	if err := r.copyFile(binary, inside); err != nil {
 		return image{}, err
+	}
+	if inside != "/usr/local/bin/kube-proxy" {
+		// What a kube-proxy DaemonSet whose image was swapped runs.
+		r.symlink("usr/local/bin/kube-proxy", path.Base(inside))
 	}
 	if err := r.addIptables(); err != nil {
 		return image{}, fmt.Errorf("image %s: %w", name, err)

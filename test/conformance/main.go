@@ -68,7 +68,7 @@ func main() {
 	flag.StringVar(&o.tools, "tools", "test/e2e/tools/bin", "the Kubernetes programs (make e2e-tools)")
 	flag.StringVar(&o.pause, "pause", "bin/pause", "the pause program (./test/conformance/pause)")
 	flag.StringVar(&o.proxy, "proxy", "switchyard", "the service proxy every node runs: switchyard or kube-proxy")
-	flag.StringVar(&o.proxyAs, "proxy-as", "daemonset", "how the proxy runs: daemonset (pods, as operators run it) or process (a process in each node's namespaces)")
+	flag.StringVar(&o.proxyAs, "proxy-as", "daemonset", "how the proxy runs: daemonset (its own DaemonSet), kubeadm (kubeadm's kube-proxy DaemonSet with the proxy's image) or process (a process in each node's namespaces)")
 	flag.StringVar(&o.focus, "focus", `\[sig-network\] Services`, "ginkgo focus regexp")
 	flag.StringVar(&o.skip, "skip", "", "ginkgo skip regexp")
 	flag.IntVar(&o.procs, "procs", 4, "ginkgo parallel processes ([Serial] specs still run alone)")
@@ -82,8 +82,8 @@ func main() {
 	if o.proxy != "switchyard" && o.proxy != "kube-proxy" {
 		fail("--proxy must be switchyard or kube-proxy, not %q", o.proxy)
 	}
-	if o.proxyAs != "daemonset" && o.proxyAs != "process" {
-		fail("--proxy-as must be daemonset or process, not %q", o.proxyAs)
+	if o.proxyAs != "daemonset" && o.proxyAs != "kubeadm" && o.proxyAs != "process" {
+		fail("--proxy-as must be daemonset, kubeadm or process, not %q", o.proxyAs)
 	}
 	if o.nodes < 1 || o.nodes > 9 {
 		fail("--nodes must be between 1 and 9")
@@ -298,7 +298,7 @@ func startCluster(o *cluster.Owner, opts options) *conformanceCluster {
 	if err != nil {
 		o.Fatalf("building images: %v", err)
 	}
-	if opts.proxyAs == "daemonset" {
+	if opts.proxyAs != "process" {
 		name, bin := switchyardImage, opts.switchyard
 		if opts.proxy == "kube-proxy" {
 			name, bin = kubeProxyImage, filepath.Join(opts.tools, "kube-proxy")
@@ -345,7 +345,7 @@ func startCluster(o *cluster.Owner, opts options) *conformanceCluster {
 	if err := waitNodesReady(c.client, c.nodes, 3*time.Minute); err != nil {
 		o.Fatalf("%v", err)
 	}
-	if opts.proxyAs == "daemonset" {
+	if opts.proxyAs != "process" {
 		c.deployProxy(o, opts)
 	}
 	for _, n := range c.nodes {
@@ -408,8 +408,12 @@ func (c *conformanceCluster) deployProxy(o *cluster.Owner, opts options) {
 	if err != nil {
 		o.Fatalf("%v", err)
 	}
-	manifest := kubeProxyDaemonSet(host, port)
-	if opts.proxy == "switchyard" {
+	image := switchyardImage
+	if opts.proxy == "kube-proxy" {
+		image = kubeProxyImage
+	}
+	manifest := kubeProxyDaemonSet(host, port, image)
+	if opts.proxy == "switchyard" && opts.proxyAs == "daemonset" {
 		if manifest, err = switchyardDaemonSet(opts.repo, host, port); err != nil {
 			o.Fatalf("%v", err)
 		}
