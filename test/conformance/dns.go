@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -47,7 +48,7 @@ func startDNS(o *cluster.Owner, client kubernetes.Interface, ns *netns.NS, addr,
 	if err != nil {
 		return err
 	}
-	o.Cleanup(func() { _ = p.Stop(5 * 1e9) })
+	o.Cleanup(func() { _ = p.Stop(5 * time.Second) })
 
 	ctx := context.Background()
 	svc := &v1.Service{

@@ -274,7 +274,7 @@ func (n *kubeNode) startKubelet(cp *cluster.ControlPlane, toolsDir, clusterDNS s
 	return nil
 }
 
-// waitReady waits until the node is registered and Ready.
+// waitNodesReady waits until every node is registered and Ready.
 func waitNodesReady(client kubernetes.Interface, nodes []*kubeNode, timeout time.Duration) error {
 	var last string
 	ok := wait.Poll(timeout, func() bool {
