@@ -52,7 +52,7 @@ e2e-tools:
 e2e: e2e-tools
 	$(GO) test -count=1 -timeout 30m ./test/e2e/...
 
-## conformance: upstream's e2e.test (FOCUS, default [sig-network] Services; SKIP) on a real two-node kubelet cluster
+## conformance: upstream's e2e.test (FOCUS, default [sig-network] Services; SKIP) on a real cluster of kubelet nodes
 ## (root). PROXY=kube-proxy runs upstream kube-proxy v1.36.3 (iptables mode) in place of switchyard: the baseline.
 ## NODES (default 3: one spec needs three), PROCS (ginkgo's parallel processes, default 4), PROXY_AS (daemonset:
 ## the proxy's own DaemonSet with a locally built image; kubeadm: kubeadm's kube-proxy DaemonSet with the proxy's

@@ -55,12 +55,7 @@ func newRootfs() *rootfs {
 }
 
 func (r *rootfs) dir(p string, mode int64) {
-	parent := path.Dir(p)
-	if parent != "." {
-		if _, ok := r.entries[parent]; !ok {
-			r.dir(parent, 0o755)
-		}
-	}
+	r.parents(p)
 	r.entries[p] = &tar.Header{Typeflag: tar.TypeDir, Name: p + "/", Mode: mode}
 }
 

@@ -40,10 +40,7 @@ type ControlPlane struct {
 	// identities.
 	AdminKubeconfig string
 	ProxyKubeconfig string
-	// CAFile is the apiserver's self-signed serving certificate (the root
-	// CA pods trust), set with ControlPlaneOptions.Kubelets.
-	CAFile string
-	procs  []*Process
+	procs           []*Process
 }
 
 // ControlPlaneOptions says where things are.
@@ -165,11 +162,11 @@ func StartControlPlane(t *Owner, o ControlPlaneOptions) *ControlPlane {
 		"-v=1"}
 	if len(o.Kubelets) > 0 {
 		// The token controller signs ServiceAccount tokens; the root CA
-		// publisher gives every namespace kube-root-ca.crt, which each pod's
-		// projected token volume needs.
-		cp.CAFile = filepath.Join(dir, "certs", "apiserver.crt")
-		kcm = append(kcm, "--service-account-private-key-file="+keyFile, "--root-ca-file="+cp.CAFile,
-			"--use-service-account-credentials=false")
+		// publisher gives every namespace kube-root-ca.crt (the apiserver's
+		// self-signed serving certificate), which each pod's projected token
+		// volume needs.
+		kcm = append(kcm, "--service-account-private-key-file="+keyFile,
+			"--root-ca-file="+filepath.Join(dir, "certs", "apiserver.crt"))
 	}
 	cp.start(t, "kube-controller-manager", o.LogDir, exec.Command(filepath.Join(o.ToolsDir, "kube-controller-manager"), kcm...))
 	if len(o.Kubelets) > 0 {
