@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -37,22 +41,49 @@ func TestRollingReplacementUnderLoad(t *testing.T) {
 	addr := cluster.Addr(svc, 80)
 	cluster.ReachesAll(t, client.NS.NS, "tcp", addr, cluster.Names(old))
 
+	// Each step is logged with its time, so a failure can be placed.
+	var steps []string
+	step := func(format string, args ...any) {
+		steps = append(steps, time.Now().Format("15:04:05.000")+" "+fmt.Sprintf(format, args...))
+	}
+	var dbg string
+	var once sync.Once
 	load := netns.StartLoad(100000, func() error {
 		_, err := cluster.Request(client.NS.NS, "tcp", addr)
+		if err != nil {
+			once.Do(func() {
+				out, _ := c.Nodes[0].NS.Run("conntrack", "-L", "-s", client.IP, "-p", "tcp", "--state", "SYN_SENT")
+				out2, _ := c.Nodes[1].NS.Run("conntrack", "-L", "-d", client.IP, "-p", "tcp")
+				n2 := ""
+				for _, l := range strings.Split(out2, "\n") {
+					if strings.Contains(l, "SYN") {
+						n2 += l + "\n"
+					}
+				}
+				nat, _ := c.Nodes[0].Save("nat")
+				dbg = time.Now().Format("15:04:05.000") + "\n" + out + "\nnode2:\n" + n2 + nat
+			})
+		}
 		return err
 	})
 	var current []string
 	var newPods []*cluster.Pod
 	for i, o := range old {
 		n := c.StartPod(t, ns, cluster.PodOptions{Name: "roll-new-" + itoa(int32(i+1)), Labels: map[string]string{"app": "roll"}, Node: o.Node})
+		step("%s started", n.Name)
 		current = append(current, n.Name)
 		newPods = append(newPods, n)
 		o.Terminate(t)
+		step("%s terminating", o.Name)
 		// The terminating pod stops getting new connections...
 		keep := append(append([]string{}, current...), cluster.Names(old[i+1:])...)
 		cluster.OnlyReaches(t, client.NS.NS, "tcp", addr, keep, 20)
-		// ...and only then stops serving.
+		step("only %v answer", keep)
+		// ...and only then, once no node sends it anything, stops serving.
+		c.WaitUnrouted(t, o)
+		step("%s in no node's rules", o.Name)
 		o.Delete(t)
+		step("%s deleted", o.Name)
 	}
 	// The last pod terminates with no replacement ready yet: it keeps
 	// serving as a terminating endpoint instead of the Service refusing.
@@ -62,18 +93,26 @@ func TestRollingReplacementUnderLoad(t *testing.T) {
 	lastNew := current[len(current)-1]
 	for _, p := range newPods[:len(newPods)-1] {
 		p.Terminate(t)
+		step("%s terminating", p.Name)
 		cluster.OnlyReaches(t, client.NS.NS, "tcp", addr, []string{lastNew}, 20)
+		step("only %s answers", lastNew)
+		c.WaitUnrouted(t, p)
+		step("%s in no node's rules", p.Name)
 		p.Delete(t)
+		step("%s deleted", p.Name)
 	}
 	grace := int64(3600)
 	if err := c.Client.CoreV1().Pods(ns).Delete(context.Background(), lastNew, metav1.DeleteOptions{GracePeriodSeconds: &grace}); err != nil {
 		t.Fatal(err)
 	}
+	step("%s terminating", lastNew)
 	cluster.OnlyReaches(t, client.NS.NS, "tcp", addr, []string{lastNew}, 20)
+	step("only %s answers", lastNew)
 
 	requests, failures, firstErr := load.Stop()
 	if failures > 0 {
-		t.Fatalf("%d of %d requests failed during the rolling replacement: %v", failures, requests, firstErr)
+		t.Fatalf("%d of %d requests failed during the rolling replacement; the first at %s: %v\nsteps:\n%s",
+			failures, requests, load.FirstFailure().Format("15:04:05.000"), firstErr, strings.Join(steps, "\n")+"\n"+dbg)
 	}
 	t.Logf("%d requests during the rolling replacement, none failed", requests)
 }

@@ -112,6 +112,30 @@ func (n *NS) GetTCP(addr string, timeout time.Duration) (Answer, error) {
 	return a, err
 }
 
+// GetTCPFrom is GetTCP from a given local port: a load that opens
+// thousands of connections a second to one address must not let the kernel
+// hand out a port whose previous flow conntrack still remembers (the
+// server closes first, so the client keeps no TIME_WAIT to stop it).
+func (n *NS) GetTCPFrom(addr string, localPort int, timeout time.Duration) (Answer, error) {
+	var a Answer
+	err := n.Do(func() error {
+		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: localPort}}
+		c, err := d.Dial("tcp", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("reading answer from %s: %w", addr, err)
+		}
+		a, err = parseAnswer(line, addr)
+		return err
+	})
+	return a, err
+}
+
 // ErrNoAnswer is returned by GetUDP when no datagram came back in time.
 var ErrNoAnswer = errors.New("no answer")
 

@@ -3,6 +3,7 @@ package netns
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Load sends requests one after another in the background until stopped or
@@ -14,6 +15,7 @@ type Load struct {
 	failures atomic.Int32
 	mu       sync.Mutex
 	firstErr error
+	firstAt  time.Time
 }
 
 // StartLoad starts calling request in a loop, at most max times.
@@ -31,7 +33,7 @@ func StartLoad(max int, request func() error) *Load {
 				l.failures.Add(1)
 				l.mu.Lock()
 				if l.firstErr == nil {
-					l.firstErr = err
+					l.firstErr, l.firstAt = err, time.Now()
 				}
 				l.mu.Unlock()
 			}
@@ -39,6 +41,13 @@ func StartLoad(max int, request func() error) *Load {
 		}
 	}()
 	return l
+}
+
+// FirstFailure is when the first failed request ended (zero if none did).
+func (l *Load) FirstFailure() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.firstAt
 }
 
 // Requests is how many requests have been sent so far.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -261,6 +262,25 @@ func (n *Node) StartProxy(tee io.Writer) error {
 	return nil
 }
 
+// StartProxyArgs starts this node's switchyard with exactly these
+// arguments (a DaemonSet's command line), in place of the usual ones.
+func (n *Node) StartProxyArgs(args ...string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.proxy != nil {
+		if done, _ := n.proxy.Exited(); !done {
+			return fmt.Errorf("switchyard already runs on %s", n.Name)
+		}
+	}
+	p, err := StartProcess("switchyard@"+n.Name, n.Command(append([]string{n.c.Opts.Switchyard}, args...)...),
+		filepath.Join(n.c.Opts.LogDir, "switchyard-"+n.Name+".log"), nil)
+	if err != nil {
+		return err
+	}
+	n.proxy = p
+	return nil
+}
+
 // StopProxy stops this node's switchyard (SIGTERM); its rules stay.
 func (n *Node) StopProxy() error {
 	n.mu.Lock()
@@ -359,6 +379,11 @@ func (n *Node) Save(table string) (string, error) {
 	return n.Run("iptables-save", "-t", table)
 }
 
+// Save6 is Save for ip6tables.
+func (n *Node) Save6(table string) (string, error) {
+	return n.Run("ip6tables-save", "-t", table)
+}
+
 // WaitProgrammed waits until the node's nat table holds a rule with the
 // given comment text.
 func (n *Node) WaitProgrammed(comment string, timeout time.Duration) error {
@@ -376,6 +401,38 @@ func (n *Node) WaitProgrammed(comment string, timeout time.Duration) error {
 	}
 	return fmt.Errorf("%s: rules for %q not programmed within %v: %s (log: %s)", n.Name, comment, timeout,
 		firstLine(last), filepath.Join(n.c.Opts.LogDir, "switchyard-"+n.Name+".log"))
+}
+
+// WaitUnrouted waits until no node's nat table translates anything to the
+// pod's addresses: every proxy has seen it go, so deleting its network can
+// no longer lose a new connection. (A terminating pod is taken out of the
+// rules as soon as a proxy syncs, but a proxy busy with the previous sync
+// may take a while; a kubelet gives it the pod's grace period.)
+func (c *Cluster) WaitUnrouted(t testing.TB, p *Pod) {
+	t.Helper()
+	targets := []string{"--to-destination " + p.IP + ":", "--to-destination [" + p.IP6 + "]:"}
+	var where string
+	ok := wait.Poll(Converge, func() bool {
+		for _, n := range c.Nodes {
+			for _, save := range []func(string) (string, error){n.Save, n.Save6} {
+				out, err := save("nat")
+				if err != nil {
+					where = fmt.Sprintf("%s: %v", n.Name, err)
+					return false
+				}
+				for _, target := range targets {
+					if strings.Contains(out, target) {
+						where = n.Name
+						return false
+					}
+				}
+			}
+		}
+		return true
+	})
+	if !ok {
+		t.Fatalf("pod %s (%s) is still a DNAT target on %s after %v", p.Name, p.IP, where, Converge)
+	}
 }
 
 func firstLine(s string) string {
