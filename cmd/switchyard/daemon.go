@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -18,11 +20,15 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
+	kpconfig "k8s.io/kube-proxy/config/v1alpha1"
 
 	"github.com/switchyard-proxy/switchyard/pkg/conntrack"
+	"github.com/switchyard-proxy/switchyard/pkg/features"
 	"github.com/switchyard-proxy/switchyard/pkg/healthcheck"
 	hostpkg "github.com/switchyard-proxy/switchyard/pkg/host"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+	"github.com/switchyard-proxy/switchyard/pkg/metrics"
+	"github.com/switchyard-proxy/switchyard/pkg/nfacct"
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
 	"github.com/switchyard-proxy/switchyard/pkg/server"
 	"github.com/switchyard-proxy/switchyard/pkg/watch"
@@ -44,7 +50,12 @@ type daemonOptions struct {
 	apiQPS        float32
 	apiBurst      int
 	apiContent    string
+	apiAccept     string
 	configFile    string
+	kp            kubeProxyOptions
+	// fileConfig is the decoded --config file, for /configz and
+	// --write-config-to; nil without one.
+	fileConfig *kpconfig.KubeProxyConfiguration
 }
 
 func newDaemonOptions() *daemonOptions {
@@ -70,6 +81,9 @@ func (o *daemonOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.Float32Var(&o.apiQPS, "kube-api-qps", o.apiQPS, "QPS to use while talking with the API server")
 	fs.IntVar(&o.apiBurst, "kube-api-burst", o.apiBurst, "Burst to use while talking with the API server")
 	fs.StringVar(&o.apiContent, "kube-api-content-type", o.apiContent, "Content type of requests sent to the API server")
+	fs.StringVar(&o.apiAccept, "kube-api-accept-content-types", "", "Accept header of requests to the API server (the config file's clientConnection.acceptContentTypes)")
+	_ = fs.MarkHidden("kube-api-accept-content-types")
+	o.kp.AddFlags(fs)
 	fs.IntVar(&o.conntrack.MaxPerCore, "conntrack-max-per-core", o.conntrack.MaxPerCore, "nf_conntrack_max per CPU core (0 leaves nf_conntrack_max alone)")
 	fs.IntVar(&o.conntrack.Min, "conntrack-min", o.conntrack.Min, "The least nf_conntrack_max, whatever the cores")
 	fs.DurationVar(&o.conntrack.TCPEstablished, "conntrack-tcp-timeout-established", o.conntrack.TCPEstablished, "Idle timeout of established TCP connections (0 leaves it alone)")
@@ -111,13 +125,66 @@ func (o *daemonOptions) restConfig() (*rest.Config, error) {
 	return cfg, nil
 }
 
+// ensureNFAcct creates kube-proxy's two nfacct counters and publishes
+// them; a counter the kernel will not create is logged and left out of the
+// rules (a rule naming a missing counter is refused), as kube-proxy does.
+// It returns the names of the counters in use.
+func (o *daemonOptions) ensureNFAcct(logger klog.Logger) (invalid, localhost string) {
+	if o.dryRun {
+		return "", ""
+	}
+	acct := nfacct.Netlink{}
+	ensure := func(name string) string {
+		if err := acct.Ensure(name); err != nil {
+			logger.Error(err, "Failed to create nfacct counter; the corresponding metric will not be updated", "counter", name)
+			return ""
+		}
+		return name
+	}
+	if !o.beLiberal {
+		invalid = ensure(proxier.NFAcctInvalidDropped)
+	}
+	if o.ruleOptions.renderConfig(v1.IPv4Protocol).LocalhostNodePortsActive() {
+		localhost = ensure(proxier.NFAcctLocalhostNodePorts)
+	}
+	if invalid != "" || localhost != "" {
+		metrics.RegisterOnce(metrics.NFAcctCollector{Read: acct.Packets, InvalidDropped: invalid, LocalhostNodePorts: localhost})
+	}
+	return invalid, localhost
+}
+
+// renderConfig is the rule options' config with --bind-address's primary
+// IP override.
+func (o *daemonOptions) renderConfig(family v1.IPFamily) proxier.RenderConfig {
+	c := o.ruleOptions.renderConfig(family)
+	c.PrimaryIPOverride = o.kp.primaryOverride
+	return c
+}
+
+// warner records a Warning event (watch.EventReporter; noWarner where there
+// is no API client, as with --init-only).
+type warner interface {
+	Warn(obj any, reason, message string)
+}
+
+type noWarner struct{}
+
+func (noWarner) Warn(any, string, string) {}
+
 // daemonState is what the HTTP endpoints read.
 type daemonState struct {
 	*proxier.Proxier
 	tracker *watch.Tracker
 }
 
-func (d daemonState) NodeDeleting() bool { return d.tracker.Node().Deleting }
+// NodeEligible is kube-proxy's answer: the Node is known, not being
+// deleted and not tainted for deletion (watch folds the taint into
+// Deleting). A deleted Node is not eligible either (kube-proxy keeps
+// answering for the last Node it saw).
+func (d daemonState) NodeEligible() bool {
+	n := d.tracker.Node()
+	return n.Known && !n.Deleting
+}
 
 // hostFor returns the iptables host layer for one family, or an error when
 // the node cannot proxy that family (no ip6tables, a kernel without IPv6).
@@ -146,7 +213,7 @@ func (o *daemonOptions) hostFor(ctx context.Context, logger klog.Logger, family 
 // ensureRouteLocalnet lets NodePorts answer on 127.0.0.1. A kernel that
 // refuses (a read-only /proc/sys, as in an unprivileged container) is a
 // warning: everything else still works.
-func (o *daemonOptions) ensureRouteLocalnet(logger klog.Logger, reporter *watch.EventReporter, nodeRef *v1.ObjectReference) {
+func (o *daemonOptions) ensureRouteLocalnet(logger klog.Logger, reporter warner, nodeRef *v1.ObjectReference) {
 	if o.dryRun {
 		logger.Info("Dry run: would set sysctl", "name", hostpkg.RouteLocalnet, "value", "1")
 		return
@@ -164,7 +231,7 @@ func (o *daemonOptions) ensureRouteLocalnet(logger klog.Logger, reporter *watch.
 
 // applyConntrack writes the conntrack settings; any it cannot write (inside
 // a network namespace nf_conntrack_max is read-only) is a warning.
-func (o *daemonOptions) applyConntrack(logger klog.Logger, reporter *watch.EventReporter, nodeRef *v1.ObjectReference) {
+func (o *daemonOptions) applyConntrack(logger klog.Logger, reporter warner, nodeRef *v1.ObjectReference) {
 	o.conntrack.TCPBeLiberal = o.beLiberal
 	if o.dryRun {
 		logger.Info("Dry run: would apply conntrack settings", "settings", o.conntrack)
@@ -178,17 +245,27 @@ func (o *daemonOptions) applyConntrack(logger klog.Logger, reporter *watch.Event
 }
 
 // healthCheckAddrs are the addresses the health check servers listen on:
-// all, or those allowed by --nodeport-addresses.
-func (o *daemonOptions) healthCheckAddrs(logger klog.Logger) []string {
+// all (nil), or those --nodeport-addresses allows: the node's primary IPs
+// for "primary" (from the Node, or --bind-address), the local addresses in
+// the CIDRs otherwise.
+func (o *daemonOptions) healthCheckAddrs(logger klog.Logger, node proxier.NodeInfo) []string {
 	if len(o.nodePortCIDRs) == 0 && !o.nodePortPrimary {
 		return nil
+	}
+	out := []string{} // not nil: nil would mean every address
+	if o.nodePortPrimary {
+		for _, fam := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
+			if ip, ok := o.renderConfig(fam).PrimaryIP(node); ok {
+				out = append(out, ip.String())
+			}
+		}
+		return out
 	}
 	addrs, err := hostpkg.InterfaceAddrs()
 	if err != nil {
 		logger.Error(err, "Cannot list the node's addresses; health check servers listen on all of them")
 		return nil
 	}
-	var out []string
 	for _, a := range addrs {
 		for _, p := range o.nodePortCIDRs {
 			if p.Contains(a) {
@@ -215,19 +292,38 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 	}
 	cfg.UserAgent = "switchyard/" + version
 	cfg.QPS, cfg.Burst, cfg.ContentType = o.apiQPS, o.apiBurst, o.apiContent
+	if o.apiAccept != "" {
+		cfg.AcceptContentTypes = o.apiAccept
+	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return fmt.Errorf("creating API client: %w", err)
 	}
 
+	if o.configFile != "" {
+		// As kube-proxy: a changed file ends the process, so that the
+		// DaemonSet restarts it with the new configuration.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		if err := watchConfigFile(ctx, logger, o.configFile, cancel); err != nil {
+			return err
+		}
+	}
+	o.applyOOMScoreAdj(logger)
 	reporter := watch.NewEventReporter(ctx, client, o.hostname)
 	nodeRef := &v1.ObjectReference{Kind: "Node", Name: o.hostname, UID: types.UID(o.hostname)}
 	o.applyConntrack(logger, reporter, nodeRef)
+	if !o.dryRun {
+		removeNFTablesLeftovers(ctx, logger)
+	}
 	beLiberal := false
 	if v, err := (hostpkg.ProcSysctl{}).Get(hostpkg.ConntrackTCPBeLiberal); err == nil && v != "0" {
 		logger.Info("nf_conntrack_tcp_be_liberal is set: not installing the rule that drops INVALID packets")
 		beLiberal = true
 	}
+	metrics.SetBuildInfo(version, "")
+	invalidCounter, localhostCounter := o.ensureNFAcct(logger)
 	var syncers []*proxier.Syncer
 	for _, family := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
 		host, err := o.hostFor(ctx, logger, family)
@@ -237,6 +333,7 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 		}
 		cfg := o.renderConfig(family)
 		cfg.ConntrackTCPBeLiberal = cfg.ConntrackTCPBeLiberal || beLiberal
+		cfg.NFAcctInvalid, cfg.NFAcctLocalhost = invalidCounter != "", localhostCounter != ""
 		if cfg.LocalhostNodePortsActive() {
 			o.ensureRouteLocalnet(logger, reporter, nodeRef)
 		}
@@ -257,7 +354,9 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 		return fmt.Errorf("neither IPv4 nor IPv6 iptables works on this node")
 	}
 
-	tracker := watch.NewTracker(logger, o.filter(), o.hostname, nil, reporter)
+	filter := o.filter()
+	filter.DropExternalIPs = !o.kp.effectiveGates.Enabled(features.AllowServiceExternalIPs)
+	tracker := watch.NewTracker(logger, filter, o.hostname, nil, reporter)
 	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, FullSyncPeriod: time.Hour}, tracker, syncers...)
 	tracker.SetNotify(p.RequestSync)
 	p.HostAddrs = func() []netip.Addr {
@@ -268,7 +367,7 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 		return addrs
 	}
 
-	hc := healthcheck.NewServices(logger.WithName("healthcheck"), o.healthCheckAddrs(logger), p.Healthy,
+	hc := healthcheck.NewServices(logger.WithName("healthcheck"), func() []string { return o.healthCheckAddrs(logger, tracker.Node()) }, p.Healthy,
 		func(service string, port int32, err error) {
 			ns, name, _ := strings.Cut(service, "/")
 			reporter.Warn(&v1.ObjectReference{Kind: "Service", Namespace: ns, Name: name},
@@ -291,17 +390,28 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 		reporter.Warn(nodeRef, "BridgeNetfilterDisabled", msg)
 	}
 	state := daemonState{Proxier: p, tracker: tracker}
-	if err := server.Serve(ctx, logger, "healthz", o.healthzAddr, server.HealthHandler(state)); err != nil {
+	configz, err := json.Marshal(map[string]any{"kubeproxy.config.k8s.io": o.effectiveConfig()})
+	if err != nil {
 		return err
 	}
-	if err := server.Serve(ctx, logger, "metrics", o.metricsAddr, server.MetricsHandler(state, o.profiling)); err != nil {
+	serve := server.Serve
+	if !o.kp.bindHardFail {
+		serve = server.ServeRetrying
+	}
+	if err := serve(ctx, logger, "healthz", o.healthzAddr, server.HealthHandler(state)); err != nil {
+		return err
+	}
+	if err := serve(ctx, logger, "metrics", o.metricsAddr, server.MetricsHandler(state, server.MetricsOptions{Profiling: o.profiling, Configz: configz})); err != nil {
 		return err
 	}
 
-	w := watch.NewWatcher(client, tracker, 0)
+	w := watch.NewWatcher(client, tracker, o.kp.configSync)
 	logger.Info("Starting switchyard", "version", version, "node", o.hostname, "clusterCIDR", o.clusterCIDR,
 		"masqueradeAll", o.masqueradeAll, "serviceProxyName", o.proxyName, "dryRun", o.dryRun)
 	if err := w.Start(ctx); err != nil {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			return cause
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -309,6 +419,10 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 	}
 	logger.Info("Informer caches synced; starting the sync loop")
 	p.Run(ctx)
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		logger.Info("Exiting; rules stay in place", "reason", cause.Error())
+		return cause
+	}
 	logger.Info("Shutting down; rules stay in place")
 	return nil
 }

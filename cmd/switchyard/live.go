@@ -14,6 +14,7 @@ import (
 
 	hostpkg "github.com/switchyard-proxy/switchyard/pkg/host"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+	"github.com/switchyard-proxy/switchyard/pkg/nfacct"
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
 )
 
@@ -153,7 +154,13 @@ func (o *diffOptions) run(cmd *cobra.Command) error {
 		if err != nil {
 			return err
 		}
-		desired, err := r.CanonicalSave(ctx, proxier.RestoreText(proxier.Render(snap, o.renderConfig(f))))
+		cfg := o.renderConfig(f)
+		// The daemon counts into kube-proxy's nfacct counters when it could
+		// create them: where they exist, its rules name them.
+		_, errInvalid := nfacct.Netlink{}.Packets(proxier.NFAcctInvalidDropped)
+		_, errLocal := nfacct.Netlink{}.Packets(proxier.NFAcctLocalhostNodePorts)
+		cfg.NFAcctInvalid, cfg.NFAcctLocalhost = errInvalid == nil, errLocal == nil
+		desired, err := r.CanonicalSave(ctx, proxier.RestoreText(proxier.Render(snap, cfg)))
 		if err != nil {
 			return err
 		}

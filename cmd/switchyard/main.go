@@ -55,8 +55,10 @@ func run(args []string) int {
 	return 1
 }
 
-func newRootCommand() *cobra.Command {
-	o := newDaemonOptions()
+func newRootCommand() *cobra.Command { return newRootCommandWith(newDaemonOptions()) }
+
+// newRootCommandWith binds the root command's flags to o.
+func newRootCommandWith(o *daemonOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "switchyard",
 		Short: "A kube-proxy replacement that programs Services with iptables",
@@ -67,22 +69,11 @@ Run as root on a node (or inside a node's network namespace).`,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.configFile != "" {
-				warning, err := loadConfigFile(o.configFile, cmd.Flags())
-				if err != nil {
-					return err
-				}
-				if warning != "" {
-					klog.Background().Info("Warning: " + warning)
-				}
+			if v := o.kp.printVersion; v != "" && v != "false" {
+				printVersion(cmd.OutOrStdout(), v == "raw")
+				return nil
 			}
-			if err := o.Complete(); err != nil {
-				return err
-			}
-			if err := o.Validate(); err != nil {
-				return err
-			}
-			return o.Run(cmd.Context())
+			return o.start(cmd)
 		},
 	}
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })

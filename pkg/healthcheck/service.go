@@ -26,7 +26,7 @@ import (
 // Services serves one health check port per Service.
 type Services struct {
 	logger  klog.Logger
-	addrs   []string // listen addresses; empty means all
+	addrs   func() []string // listen addresses (see NewServices)
 	healthy func() bool
 	onError func(service string, port int32, err error)
 
@@ -44,7 +44,12 @@ type instance struct {
 
 // NewServices returns an empty set of servers. healthy reports the proxy's
 // own health; onError is told about ports that cannot be opened.
-func NewServices(logger klog.Logger, listenAddrs []string, healthy func() bool, onError func(service string, port int32, err error)) *Services {
+//
+// listenAddrs is asked for the addresses each time a server opens: nil
+// means every address; an empty, non-nil list means none is known yet (the
+// node's primary IP before its Node is seen), and the server is retried on
+// a later sync.
+func NewServices(logger klog.Logger, listenAddrs func() []string, healthy func() bool, onError func(service string, port int32, err error)) *Services {
 	if onError == nil {
 		onError = func(string, int32, error) {}
 	}
@@ -92,9 +97,15 @@ func (s *Services) Sync(ports map[string]int32, endpoints map[string]int) {
 }
 
 func (s *Services) open(name string, inst *instance) error {
-	addrs := s.addrs
-	if len(addrs) == 0 {
+	var addrs []string
+	if s.addrs != nil {
+		addrs = s.addrs()
+	}
+	switch {
+	case addrs == nil:
 		addrs = []string{""}
+	case len(addrs) == 0:
+		return fmt.Errorf("no address allowed by --nodeport-addresses is known (yet: the primary IP comes from the Node object)")
 	}
 	var listeners []net.Listener
 	for _, a := range addrs {

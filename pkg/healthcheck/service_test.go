@@ -48,7 +48,7 @@ func get(t *testing.T, port int32) answer {
 func TestHealthCheckAnswers(t *testing.T) {
 	var healthy atomic.Bool
 	healthy.Store(true)
-	s := NewServices(klog.Background(), []string{"127.0.0.1"}, healthy.Load, nil)
+	s := NewServices(klog.Background(), func() []string { return []string{"127.0.0.1"} }, healthy.Load, nil)
 	defer s.Close()
 	port := freePort(t)
 	s.Sync(map[string]int32{"shop/web": port}, map[string]int{"shop/web": 2})
@@ -82,7 +82,7 @@ func TestHealthCheckPortInUseIsReportedNotFatal(t *testing.T) {
 	defer busy.Close()
 	busyPort := int32(busy.Addr().(*net.TCPAddr).Port)
 	var reports atomic.Int32
-	s := NewServices(klog.Background(), []string{"127.0.0.1"}, func() bool { return true }, func(string, int32, error) { reports.Add(1) })
+	s := NewServices(klog.Background(), func() []string { return []string{"127.0.0.1"} }, func() bool { return true }, func(string, int32, error) { reports.Add(1) })
 	defer s.Close()
 	ok := freePort(t)
 	ports := map[string]int32{"a/busy": busyPort, "a/fine": ok}
@@ -99,5 +99,30 @@ func TestHealthCheckPortInUseIsReportedNotFatal(t *testing.T) {
 	s.Sync(ports, map[string]int{"a/fine": 1, "a/busy": 1})
 	if a := get(t, busyPort); a.status != 200 {
 		t.Errorf("freed port not opened: %+v", a)
+	}
+}
+
+// With --nodeport-addresses=primary the servers listen on the node's
+// primary IPs only; before the Node (and so its primary IP) is known none
+// is opened, rather than every address, and the next sync opens it.
+func TestHealthCheckWaitsForTheAddresses(t *testing.T) {
+	var addrs atomic.Value
+	addrs.Store([]string{})
+	s := NewServices(klog.Background(), func() []string { return addrs.Load().([]string) }, func() bool { return true }, nil)
+	defer s.Close()
+	port := freePort(t)
+	ports := map[string]int32{"a/svc": port}
+	s.Sync(ports, map[string]int{"a/svc": 1})
+	if len(s.Ports()) != 0 {
+		t.Fatalf("a server opened with no address known: %v", s.Ports())
+	}
+	if c, err := net.Dial("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))); err == nil {
+		c.Close()
+		t.Fatal("the port answers on loopback although no address was allowed")
+	}
+	addrs.Store([]string{"127.0.0.1"})
+	s.Sync(ports, map[string]int{"a/svc": 1})
+	if a := get(t, port); a.status != 200 {
+		t.Errorf("not opened once the address is known: %+v", a)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -125,4 +126,21 @@ func BridgeNetfilterProblem(sys Sysctl) string {
 		return "net.bridge.bridge-nf-call-iptables is 0 but the node has bridges: traffic between pods on one bridge will bypass Service rules; fix: sysctl -w net.bridge.bridge-nf-call-iptables=1"
 	}
 	return ""
+}
+
+// SetOOMScoreAdj writes this process's /proc/self/oom_score_adj (as
+// kube-proxy's --oom-score-adj does for itself).
+func SetOOMScoreAdj(v int) error {
+	return SetOOMScoreAdjAt("/proc/self/oom_score_adj", v)
+}
+
+// SetOOMScoreAdjAt writes v to an oom_score_adj file (a test's stand-in).
+func SetOOMScoreAdjAt(path string, v int) error {
+	if v < -1000 || v > 1000 {
+		return fmt.Errorf("oom_score_adj %d is not within [-1000, 1000]", v)
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(v)), 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
 }

@@ -73,3 +73,19 @@ func TestApplyConntrack(t *testing.T) {
 		t.Error("read-only sysctls reported no error")
 	}
 }
+
+func TestSetOOMScoreAdj(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "oom_score_adj")
+	if err := SetOOMScoreAdjAt(path, -999); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "-999" {
+		t.Errorf("wrote %q", b)
+	}
+	if err := SetOOMScoreAdjAt(path, 1001); err == nil {
+		t.Error("a value out of range must be refused")
+	}
+	if err := SetOOMScoreAdjAt(filepath.Join(t.TempDir(), "missing", "x"), 0); err == nil {
+		t.Error("an unwritable file must be an error (the daemon logs it and goes on)")
+	}
+}

@@ -173,13 +173,16 @@ func AvailableRunners(ctx context.Context) []*Runner {
 	return out
 }
 
+// ErrNoNFT is returned by CleanupKubeProxyNFTables on a host without nft.
+var ErrNoNFT = errors.New("nft is not installed: if kube-proxy ran in nftables mode, delete its tables by hand: nft delete table ip kube-proxy; nft delete table ip6 kube-proxy")
+
 // CleanupKubeProxyNFTables deletes upstream kube-proxy's nftables-mode
 // tables ("ip kube-proxy", "ip6 kube-proxy") with the nft tool. It returns
 // the tables removed; a host without nft reports what to run by hand.
 func CleanupKubeProxyNFTables(ctx context.Context) ([]string, error) {
 	nft, err := exec.LookPath("nft")
 	if err != nil {
-		return nil, fmt.Errorf("nft is not installed: if kube-proxy ran in nftables mode, delete its tables by hand: nft delete table ip kube-proxy; nft delete table ip6 kube-proxy")
+		return nil, ErrNoNFT
 	}
 	var removed []string
 	var errs []error

@@ -6,8 +6,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"sort"
 	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/switchyard-proxy/switchyard/pkg/nfacct"
 )
 
 // ChainDiff is how one chain differs between the live tables and the
@@ -125,6 +130,10 @@ func (r *Runner) CanonicalSave(ctx context.Context, restoreText string) (string,
 		return "", fmt.Errorf("creating a scratch namespace: %w: %s", err, out)
 	}
 	defer exec.Command("ip", "netns", "del", name).Run()
+	// A rule naming an nfacct counter loads only where the counter exists.
+	if err := ensureNFAcctIn(name, nfacctNames(restoreText)); err != nil {
+		return "", err
+	}
 	restore := exec.CommandContext(ctx, "ip", "netns", "exec", name, r.restore, "--noflush")
 	restore.Stdin = strings.NewReader(restoreText)
 	if out, err := restore.CombinedOutput(); err != nil {
@@ -139,4 +148,50 @@ func (r *Runner) CanonicalSave(ctx context.Context, restoreText string) (string,
 		b.Write(out)
 	}
 	return b.String(), nil
+}
+
+// nfacctNames lists the nfacct counters the rules name.
+func nfacctNames(text string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, line := range strings.Split(text, "\n") {
+		f := strings.Fields(line)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "--nfacct-name" && !seen[f[i+1]] {
+				seen[f[i+1]] = true
+				out = append(out, f[i+1])
+			}
+		}
+	}
+	return out
+}
+
+// ensureNFAcctIn creates nfacct counters inside a named network namespace,
+// from a thread that enters it and ends with the call.
+func ensureNFAcctIn(netnsName string, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+		fd, err := unix.Open("/var/run/netns/"+netnsName, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer unix.Close(fd)
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("entering %s: %w", netnsName, err)
+			return
+		}
+		for _, n := range names {
+			if err := (nfacct.Netlink{}).Ensure(n); err != nil {
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	return <-errc
 }

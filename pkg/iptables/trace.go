@@ -473,7 +473,8 @@ func boolResult(ok, negated bool) matchResult {
 
 func (t *tracer) module(m Match, s state, p Packet) matchResult {
 	switch m.Module {
-	case "comment":
+	case "comment", "nfacct":
+		// nfacct only counts the packet into an accounting object.
 		return matchYes
 	case "tcp", "udp", "sctp":
 		if strings.ToLower(p.Protocol) != m.Module {

@@ -26,6 +26,9 @@ type Filter struct {
 	// service.kubernetes.io/service-proxy-name=ProxyName; when empty, only
 	// Services without that label are handled.
 	ProxyName string
+	// DropExternalIPs leaves spec.externalIPs out (kube-proxy's
+	// AllowServiceExternalIPs feature gate set to false).
+	DropExternalIPs bool
 }
 
 // ServiceLabelSelector is the label selector that lists the Services the
@@ -91,6 +94,9 @@ func (f Filter) ServicePorts(svc *v1.Service) ([]*ServicePort, error) {
 
 	var externalIPs []netip.Addr
 	for i, s := range svc.Spec.ExternalIPs {
+		if f.DropExternalIPs {
+			break
+		}
 		a, err := netip.ParseAddr(s)
 		if err != nil {
 			bad(fmt.Sprintf("spec.externalIPs[%d]", i), s)

@@ -121,12 +121,37 @@ func TestNodePortAddresses(t *testing.T) {
 	traceExt(t, r, extClient, "192.168.50.10:30080", "tcp", want{endpoints: npEPs, verdict: "ACCEPT"}, other)
 	traceExt(t, r, extClient, "10.0.0.1:30080", "tcp", want{verdict: "ACCEPT"}, other)
 
+	// --bind-address overrides the primary IP.
+	cfg.PrimaryIPOverride = other
+	r = Render(snap, cfg)
+	traceExt(t, r, extClient, "10.0.0.1:30080", "tcp", want{endpoints: npEPs, verdict: "ACCEPT"}, other)
+	traceExt(t, r, extClient, "192.168.50.10:30080", "tcp", want{verdict: "ACCEPT"}, other)
+	cfg.PrimaryIPOverride = netip.Addr{}
+
 	cfg.NodePortPrimary = false
 	cfg.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.0.0.0/8")}
 	r = Render(snap, cfg)
 	traceExt(t, r, theNode, "127.0.0.1:30080", "tcp", want{endpoints: npEPs, verdict: "ACCEPT"}, other)
 	traceExt(t, r, extClient, "10.0.0.1:30080", "tcp", want{endpoints: npEPs, verdict: "ACCEPT"}, other)
 	traceExt(t, r, extClient, "192.168.50.10:30080", "tcp", want{verdict: "ACCEPT"}, other)
+}
+
+// With kube-proxy's nfacct counters, localhost NodePort packets and INVALID
+// drops are counted on the way; the packets' fates stay the same.
+func TestNFAcctCountersKeepFates(t *testing.T) {
+	snap := loadSnapshot(t, "external.yaml", "node-a")
+	cfg := defaultConfig()
+	cfg.NFAcctInvalid, cfg.NFAcctLocalhost = true, true
+	r := Render(snap, cfg)
+	traceExt(t, r, theNode, "127.0.0.1:30080", "tcp", want{endpoints: npEPs, verdict: "ACCEPT"})
+	traceExt(t, r, extClient, "192.168.50.10:30080", "tcp", want{endpoints: npEPs, verdict: "ACCEPT"})
+	text := RestoreText(r)
+	for _, want := range []string{"--ctstate INVALID -m nfacct --nfacct-name " + NFAcctInvalidDropped + " -j DROP",
+		"-d 127.0.0.0/8 -m nfacct --nfacct-name " + NFAcctLocalhostNodePorts} {
+		if !strings.Contains(text, want) {
+			t.Errorf("rules lack %q", want)
+		}
+	}
 }
 
 func TestExternalTrafficPolicyLocal(t *testing.T) {

@@ -34,6 +34,10 @@ const (
 	// someone flushed or rewrote the table, and a full sync follows.
 	ChainCanary = "SWY-PROXY-CANARY"
 
+	// kube-proxy's nfacct counter names (see RenderConfig.NFAcctInvalid).
+	NFAcctInvalidDropped     = "ct_state_invalid_dropped_pkts"
+	NFAcctLocalhostNodePorts = "localhost_nps_accepted_pkts"
+
 	svcChainPrefix = "SWY-SVC-"
 	svlChainPrefix = "SWY-SVL-"
 	extChainPrefix = "SWY-EXT-"
@@ -60,6 +64,15 @@ type RenderConfig struct {
 	// NodePortAddresses limits the local addresses that accept NodePort
 	// traffic to those inside these CIDRs; empty means every local address.
 	NodePortAddresses []netip.Prefix
+	// NFAcctInvalid and NFAcctLocalhost count the packets the INVALID drop
+	// drops and the localhost NodePort packets accepted into kube-proxy's
+	// nfacct counters (set only once the counters exist: a rule naming a
+	// missing one is refused).
+	NFAcctInvalid, NFAcctLocalhost bool
+	// PrimaryIPOverride, when valid and of this family, is the node's
+	// primary address instead of its Node object's first one (kube-proxy's
+	// --bind-address).
+	PrimaryIPOverride netip.Addr
 	// NodePortPrimary limits NodePorts to the node's primary address (the
 	// first address of this family in its Node object).
 	NodePortPrimary bool
@@ -524,7 +537,11 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 	out.nat[ChainMarkMasq] = []string{ruleBuilder{"-j", "MARK", "--or-mark", masq}.String()}
 
 	if !cfg.ConntrackTCPBeLiberal {
-		out.filterRule(ChainForward, ruleBuilder{"-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"})
+		drop := ruleBuilder{"-m", "conntrack", "--ctstate", "INVALID"}
+		if cfg.NFAcctInvalid {
+			drop = drop.add("-m", "nfacct", "--nfacct-name", NFAcctInvalidDropped)
+		}
+		out.filterRule(ChainForward, drop.add("-j", "DROP"))
 	}
 	out.filterRule(ChainForward, comment("switchyard forwarding rules").add("-m", "mark", "--mark", masq+"/"+masq, "-j", "ACCEPT"))
 	out.filterRule(ChainForward, comment("switchyard forwarding conntrack rule").add("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"))
@@ -599,7 +616,7 @@ func nodePortJumps(snap *Snapshot, cfg RenderConfig) []string {
 	}
 	var ips []netip.Addr
 	if cfg.NodePortPrimary {
-		if ip, ok := snap.Node.PrimaryIP(cfg.Family); ok {
+		if ip, ok := cfg.PrimaryIP(snap.Node); ok {
 			ips = append(ips, ip)
 		}
 	} else {
@@ -664,4 +681,13 @@ func RestoreText(r *Rules) string {
 		b.WriteString("COMMIT\n")
 	}
 	return b.String()
+}
+
+// PrimaryIP is the node's primary address of the config's family: the
+// override when one is set for this family, else the Node object's first.
+func (c RenderConfig) PrimaryIP(n NodeInfo) (netip.Addr, bool) {
+	if c.PrimaryIPOverride.IsValid() && familyOf(c.PrimaryIPOverride) == c.Family {
+		return c.PrimaryIPOverride, true
+	}
+	return n.PrimaryIP(c.Family)
 }

@@ -225,6 +225,11 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 	// The NodePort (never subject to the source ranges).
 	if svc.NodePort != 0 {
 		if sets.any {
+			if cfg.NFAcctLocalhost && cfg.LocalhostNodePortsActive() {
+				// Counted on its way in, as kube-proxy counts it.
+				out.natKeyed(ChainNodePorts, portKeyed(protoLower(proto), svc.NodePort, portMatch(proto, svc.NodePort, str).add("-d", "127.0.0.0/8",
+					"-m", "nfacct", "--nfacct-name", NFAcctLocalhostNodePorts, "-j", extChain)))
+			}
 			out.natKeyed(ChainNodePorts, portKeyed(protoLower(proto), svc.NodePort, portMatch(proto, svc.NodePort, str).add("-j", extChain)))
 		}
 		if !hasExternal {
@@ -274,7 +279,7 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 		out.natChain(fwChain, nil)
 		c := comment(str + " loadbalancer IP")
 		allowFromNode := false
-		primary, hasPrimary := snap.Node.PrimaryIP(cfg.Family)
+		primary, hasPrimary := cfg.PrimaryIP(snap.Node)
 		for _, r := range svc.LoadBalancerSourceRanges {
 			if r.Addr().Is4() != (cfg.Family == v1.IPv4Protocol) {
 				continue

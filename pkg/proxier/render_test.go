@@ -60,6 +60,7 @@ func TestGolden(t *testing.T) {
 		{name: "internal-detect-bridge", file: "internal.yaml", cfg: func(c *RenderConfig) {
 			c.DetectLocal = LocalDetector{Mode: DetectBridgeInterface, Interface: "cbr0"}
 		}},
+		{name: "external-nfacct", file: "external.yaml", cfg: func(c *RenderConfig) { c.NFAcctInvalid, c.NFAcctLocalhost = true, true }},
 		{name: "external-nodeport-addresses", file: "external.yaml", cfg: func(c *RenderConfig) {
 			c.NodePortAddresses = []netip.Prefix{netip.MustParsePrefix("192.168.50.0/24")}
 		}},

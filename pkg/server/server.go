@@ -30,8 +30,9 @@ type State interface {
 	// Healthy: every requested sync completed, or the oldest pending one
 	// was requested less than twice the sync period ago.
 	Healthy() bool
-	// NodeDeleting is true while our Node is being deleted.
-	NodeDeleting() bool
+	// NodeEligible is false while our Node is unknown, deleted, being
+	// deleted or tainted for deletion: /healthz then fails.
+	NodeEligible() bool
 	// FamilyHealth is each IP family's last sync and health.
 	FamilyHealth() []proxier.FamilyHealth
 	Syncers() []*proxier.Syncer
@@ -42,7 +43,7 @@ type State interface {
 func HealthHandler(st State) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		eligible := !st.NodeDeleting()
+		eligible := st.NodeEligible()
 		answer(w, st, &eligible, metrics.HealthzTotal)
 	})
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
@@ -103,9 +104,18 @@ func answer(w http.ResponseWriter, st State, eligible *bool, total *prometheus.C
 	_, _ = w.Write(body)
 }
 
-// MetricsHandler serves /metrics and the /debug endpoints; with profiling,
-// also Go's /debug/pprof (kube-proxy's --profiling).
-func MetricsHandler(st State, profiling bool) http.Handler {
+// MetricsOptions shape the metrics address.
+type MetricsOptions struct {
+	// Profiling serves Go's /debug/pprof (kube-proxy's --profiling).
+	Profiling bool
+	// Configz is the JSON /configz answers, as kube-proxy's:
+	// {"kubeproxy.config.k8s.io": CONFIG}. Empty leaves /configz out.
+	Configz []byte
+}
+
+// MetricsHandler serves /metrics, /configz and the /debug endpoints.
+func MetricsHandler(st State, o MetricsOptions) http.Handler {
+	profiling := o.Profiling
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
 	// As on kube-proxy's metrics port: tools (upstream's Service e2e tests
@@ -115,6 +125,12 @@ func MetricsHandler(st State, profiling bool) http.Handler {
 		fmt.Fprint(w, "iptables")
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "ok") })
+	if len(o.Configz) > 0 {
+		mux.HandleFunc("/configz", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(o.Configz)
+		})
+	}
 	// Go profiles, as kube-proxy serves them on its metrics port: where a
 	// node's CPU and memory go.
 	if profiling {
@@ -170,6 +186,36 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
 }
+
+// ServeRetrying is Serve for kube-proxy's bindAddressHardFail=false (its
+// default): an address that cannot be listened on is logged and retried
+// every 5 seconds until ctx ends, while everything else goes on. It never
+// returns an error.
+func ServeRetrying(ctx context.Context, logger klog.Logger, name, addr string, handler http.Handler) error {
+	if err := Serve(ctx, logger, name, addr, handler); err == nil {
+		return nil
+	} else {
+		logger.Error(err, "Cannot listen; proxying goes on and the server is retried every 5s (pass --bind-address-hard-fail to exit instead)", "server", name)
+	}
+	go func() {
+		t := time.NewTicker(retryListen)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := Serve(ctx, logger, name, addr, handler); err == nil {
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// retryListen is how often ServeRetrying tries again, as kube-proxy does.
+var retryListen = 5 * time.Second
 
 // Serve runs handler on addr until ctx ends. An empty addr disables it.
 // A failure to listen is returned at once; later errors are logged.

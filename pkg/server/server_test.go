@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
@@ -33,7 +35,7 @@ func (f *fakeState) FamilyHealth() []proxier.FamilyHealth {
 
 var lastSynced = time.Unix(1700000000, 0).UTC()
 
-func (f *fakeState) NodeDeleting() bool              { return f.deleting }
+func (f *fakeState) NodeEligible() bool              { return !f.deleting }
 func (f *fakeState) Syncers() []*proxier.Syncer      { return f.syncers }
 func (f *fakeState) LastSnapshot() *proxier.Snapshot { return f.snap }
 
@@ -120,7 +122,7 @@ func TestMetricsAndDebug(t *testing.T) {
 		t.Fatal("expected a failed sync")
 	}
 	st := &fakeState{healthy: true, syncers: []*proxier.Syncer{syncer}, snap: snap}
-	h := MetricsHandler(st, false)
+	h := MetricsHandler(st, MetricsOptions{})
 
 	code, body := get(t, h, "/metrics")
 	if code != 200 {
@@ -166,5 +168,55 @@ func TestMetricsAndDebug(t *testing.T) {
 	}
 	if code, _ := get(t, h, "/debug/services/shop/nope"); code != 404 {
 		t.Errorf("unknown service: %d", code)
+	}
+}
+
+func TestConfigzAnswersTheGivenConfig(t *testing.T) {
+	st := &fakeState{healthy: true}
+	h := MetricsHandler(st, MetricsOptions{Configz: []byte(`{"kubeproxy.config.k8s.io":{"mode":"iptables"}}`)})
+	code, body := get(t, h, "/configz")
+	if code != http.StatusOK || body != `{"kubeproxy.config.k8s.io":{"mode":"iptables"}}` {
+		t.Errorf("/configz: %d %s", code, body)
+	}
+	if code, _ := get(t, MetricsHandler(st, MetricsOptions{}), "/configz"); code != http.StatusNotFound {
+		t.Errorf("/configz without a config: %d", code)
+	}
+}
+
+// bindAddressHardFail=false: a port that cannot be bound does not stop the
+// daemon; the server comes up once the port is free. true (Serve): an
+// error, and the daemon exits.
+func TestServeRetryingWaitsForThePort(t *testing.T) {
+	defer func(d time.Duration) { retryListen = d }(retryListen)
+	retryListen = 20 * time.Millisecond
+	squatter, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := squatter.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	handler := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "mine") })
+	if err := Serve(ctx, klog.Background(), "test", addr, handler); err == nil {
+		t.Fatal("Serve on a busy port must fail (bindAddressHardFail=true exits)")
+	}
+	if err := ServeRetrying(ctx, klog.Background(), "test", addr, handler); err != nil {
+		t.Fatalf("ServeRetrying must not fail: %v", err)
+	}
+	squatter.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) == "mine" {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server never came up on %s: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

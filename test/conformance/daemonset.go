@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/switchyard-proxy/switchyard/test/kubeadm"
 	"github.com/switchyard-proxy/switchyard/test/wait"
 )
 
@@ -58,6 +59,9 @@ func switchyardDaemonSet(repo, apiHost, apiPort string) (string, error) {
 // maxPerCore 0, as the conntrack sysctls are not writable in a network
 // namespace.
 func kubeProxyDaemonSet(apiHost, apiPort, image string) string {
+	// kubeadm's file, but for conntrack.maxPerCore: 0 (the conntrack
+	// sysctls cannot be written from a node's network namespace).
+	proxyConfig := strings.Replace(kubeadm.ProxyConfig("/var/lib/kube-proxy/kubeconfig.conf", clusterCIDR), "  maxPerCore: null", "  maxPerCore: 0", 1)
 	return fmt.Sprintf(`apiVersion: v1
 kind: ServiceAccount
 metadata: {name: kube-proxy, namespace: kube-system}
@@ -73,73 +77,7 @@ kind: ConfigMap
 metadata: {name: kube-proxy, namespace: kube-system, labels: {app: kube-proxy}}
 data:
   config.conf: |-
-    apiVersion: kubeproxy.config.k8s.io/v1alpha1
-    bindAddress: 0.0.0.0
-    bindAddressHardFail: false
-    clientConnection:
-      acceptContentTypes: ""
-      burst: 0
-      contentType: ""
-      kubeconfig: /var/lib/kube-proxy/kubeconfig.conf
-      qps: 0
-    clusterCIDR: %[3]s
-    configSyncPeriod: 0s
-    conntrack:
-      maxPerCore: 0
-      min: null
-      tcpBeLiberal: false
-      tcpCloseWaitTimeout: null
-      tcpEstablishedTimeout: null
-      udpStreamTimeout: 0s
-      udpTimeout: 0s
-    detectLocal:
-      bridgeInterface: ""
-      interfaceNamePrefix: ""
-    detectLocalMode: ""
-    enableProfiling: false
-    healthzBindAddress: ""
-    hostnameOverride: ""
-    iptables:
-      localhostNodePorts: null
-      masqueradeAll: false
-      masqueradeBit: null
-      minSyncPeriod: 0s
-      syncPeriod: 0s
-    ipvs:
-      excludeCIDRs: null
-      minSyncPeriod: 0s
-      scheduler: ""
-      strictARP: false
-      syncPeriod: 0s
-      tcpFinTimeout: 0s
-      tcpTimeout: 0s
-      udpTimeout: 0s
-    kind: KubeProxyConfiguration
-    logging:
-      flushFrequency: 0
-      options:
-        json:
-          infoBufferSize: "0"
-        text:
-          infoBufferSize: "0"
-      verbosity: 0
-    metricsBindAddress: ""
-    mode: ""
-    nftables:
-      masqueradeAll: false
-      masqueradeBit: null
-      minSyncPeriod: 0s
-      syncPeriod: 0s
-    nodePortAddresses: null
-    oomScoreAdj: null
-    portRange: ""
-    showHiddenMetricsForVersion: ""
-    winkernel:
-      enableDSR: false
-      forwardHealthCheckVip: false
-      networkName: ""
-      rootHnsEndpointName: ""
-      sourceVip: ""
+%[3]s
   kubeconfig.conf: |-
     apiVersion: v1
     kind: Config
@@ -203,7 +141,12 @@ spec:
         hostPath: {path: /run/xtables.lock, type: FileOrCreate}
       - name: lib-modules
         hostPath: {path: /lib/modules}
-`, apiHost, apiPort, clusterCIDR, image)
+`, apiHost, apiPort, indent(proxyConfig, "    "), image)
+}
+
+// indent prefixes every line of s.
+func indent(s, prefix string) string {
+	return prefix + strings.ReplaceAll(strings.TrimSuffix(s, "\n"), "\n", "\n"+prefix)
 }
 
 // applyManifest applies a multi-document manifest with kubectl, as an

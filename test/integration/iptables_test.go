@@ -618,3 +618,52 @@ func TestLegacyCheckListsOnlyWhenATableChangedIPv6(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// kube-proxy's --cleanup: switchyard's chains, an old kube-proxy's
+// (iptables mode, both backends) and its nftables-mode tables go, the
+// process exits 0, and nothing else is touched.
+func TestCleanupFlagAsKubeProxys(t *testing.T) {
+	netns.RequireRoot(t, "nft", "iptables-legacy-restore", "iptables-nft-restore")
+	ns := netns.New(t, "kpclean")
+	seed := "*nat\n:KUBE-SERVICES - [0:0]\n:SWY-SERVICES - [0:0]\n:OTHER - [0:0]\n-A PREROUTING -j KUBE-SERVICES\n-A PREROUTING -j SWY-SERVICES\n-A PREROUTING -j OTHER\nCOMMIT\n"
+	for _, restore := range []string{"iptables-nft-restore", "iptables-legacy-restore"} {
+		if out, err := ns.RunInput([]byte(seed), restore, "--noflush"); err != nil {
+			t.Fatalf("seeding %s: %v\n%s", restore, err, out)
+		}
+	}
+	ns.MustRun("nft", "add", "table", "ip", "kube-proxy")
+	out, err := ns.Run(binary, "--cleanup")
+	if err != nil {
+		t.Fatalf("--cleanup: %v\n%s", err, out)
+	}
+	for _, save := range []string{"iptables-nft-save", "iptables-legacy-save"} {
+		rules := ns.MustRun(save, "-t", "nat")
+		if strings.Contains(rules, "KUBE-SERVICES") || strings.Contains(rules, "SWY-SERVICES") {
+			t.Errorf("%s: chains left:\n%s", save, rules)
+		}
+		if !strings.Contains(rules, "-A PREROUTING -j OTHER") {
+			t.Errorf("%s: another tool's rule was removed:\n%s", save, rules)
+		}
+	}
+	if tables := ns.MustRun("nft", "list", "tables"); strings.Contains(tables, "kube-proxy") {
+		t.Errorf("kube-proxy's nftables table left:\n%s", tables)
+	}
+}
+
+// kube-proxy's --init-only: the privileged set-up, then exit 0, with no
+// API server to talk to.
+func TestInitOnlySetsRouteLocalnetAndExits(t *testing.T) {
+	netns.RequireRoot(t)
+	ns := netns.New(t, "kpinit")
+	ns.MustRun("sysctl", "-qw", "net.ipv4.conf.all.route_localnet=0")
+	out, err := ns.Run(binary, "--init-only", "--hostname-override=n1", "--conntrack-max-per-core=0")
+	if err != nil {
+		t.Fatalf("--init-only: %v\n%s", err, out)
+	}
+	if v := strings.TrimSpace(ns.MustRun("sysctl", "-n", "net.ipv4.conf.all.route_localnet")); v != "1" {
+		t.Errorf("route_localnet is %s after --init-only", v)
+	}
+	if !strings.Contains(out, "--init-only specified") {
+		t.Errorf("output: %s", out)
+	}
+}
