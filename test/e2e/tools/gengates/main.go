@@ -1,7 +1,8 @@
 // Command gengates writes pkg/features/known.go: every feature gate
 // kube-proxy v1.36.3 knows, with its default, stage and lock, read from the
 // gate registry kube-proxy itself builds (by importing its command package).
-// Run by hack/gen-featuregates.sh; the output is committed.
+// Run from test/e2e/tools: go run ./gengates ../../../pkg/features/known.go
+// (the output is committed; rerun it when the Kubernetes version moves).
 package main
 
 import (
