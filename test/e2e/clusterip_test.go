@@ -135,10 +135,7 @@ func TestRestartUnderLoad(t *testing.T) {
 	addr := cluster.Addr(svc, 80)
 	cluster.ReachesAll(t, client.NS.NS, "tcp", addr, cluster.Names(pods))
 
-	load := netns.StartLoad(100000, func() error {
-		_, err := cluster.Request(client.NS.NS, "tcp", addr)
-		return err
-	})
+	load := netns.StartLoad(20000, client.NS.LoadTCP(addr, cluster.RequestTimeout))
 	for round := 0; round < 2; round++ {
 		for _, n := range c.Nodes {
 			if err := n.RestartProxy(); err != nil {

@@ -21,10 +21,10 @@ func TestFaultsUnderLoad(t *testing.T) {
 	client := c.StartPod(t, ns, cluster.PodOptions{Name: "client", Node: n})
 	addr := cluster.Addr(svc, 80)
 	cluster.ReachesAll(t, client.NS.NS, "tcp", addr, cluster.Names(pods))
-	request := func() error { _, err := cluster.Request(client.NS.NS, "tcp", addr); return err }
+	request := client.NS.LoadTCP(addr, cluster.RequestTimeout)
 
 	t.Run("SIGKILL and restart: no request fails", func(t *testing.T) {
-		load := netns.StartLoad(100000, request)
+		load := netns.StartLoad(10000, request)
 		for i := 0; i < 3; i++ {
 			n.KillProxy()
 			if err := n.StartProxy(nil); err != nil {
@@ -42,7 +42,7 @@ func TestFaultsUnderLoad(t *testing.T) {
 	})
 
 	t.Run("nat table flushed: detected and restored within the sync period", func(t *testing.T) {
-		load := netns.StartLoad(100000, request)
+		load := netns.StartLoad(10000, request)
 		n.MustRun("iptables", "-t", "nat", "-F")
 		start := time.Now()
 		if !wait.Poll(cluster.Converge, func() bool {
@@ -100,7 +100,7 @@ func TestAPIServerAway(t *testing.T) {
 		}
 	}
 	defer restore()
-	load := netns.StartLoad(1000000, func() error { _, err := cluster.Request(client.NS.NS, "tcp", cluster.Addr(stay, 80)); return err })
+	load := netns.StartLoad(20000, client.NS.LoadTCP(cluster.Addr(stay, 80), cluster.RequestTimeout))
 
 	// Changes while the node cannot see them.
 	if err := deleteService(ns, "gone"); err != nil {

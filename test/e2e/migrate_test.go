@@ -58,8 +58,8 @@ func TestMigrationFromKubeProxy(t *testing.T) {
 		t.Fatal("no kube-proxy chains found while it runs")
 	}
 
-	podLoad := netns.StartLoad(100000, func() error { _, err := cluster.Request(client.NS.NS, "tcp", addr); return err })
-	extLoad := netns.StartLoad(100000, func() error { _, err := cluster.Request(c.External, "tcp", nodePort); return err })
+	podLoad := netns.StartLoad(20000, client.NS.LoadTCP(addr, cluster.RequestTimeout))
+	extLoad := netns.StartLoad(20000, c.External.LoadTCP(nodePort, cluster.RequestTimeout))
 	// Let both loops run through kube-proxy's rules for a while.
 	if !wait.Poll(cluster.Converge, func() bool { return podLoad.Requests() > 20 && extLoad.Requests() > 20 }) {
 		t.Fatal("the load loops did not get going")

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -134,6 +135,41 @@ func (n *NS) GetTCPFrom(addr string, localPort int, timeout time.Duration) (Answ
 		return err
 	})
 	return a, err
+}
+
+// Loads' local ports: below the kernel's ephemeral range (32768-60999), per
+// namespace, so concurrent loads from one namespace never share one.
+const (
+	loadPortFirst = 10000
+	loadPortLast  = 32767
+)
+
+var (
+	loadPortsMu sync.Mutex
+	loadPorts   = map[string]int{}
+)
+
+// nextLoadPort hands out the namespace's next load port, round the range.
+func (n *NS) nextLoadPort() int {
+	loadPortsMu.Lock()
+	defer loadPortsMu.Unlock()
+	p := loadPorts[n.Name]
+	if p < loadPortFirst || p >= loadPortLast {
+		p = loadPortFirst - 1
+	}
+	p++
+	loadPorts[n.Name] = p
+	return p
+}
+
+// LoadTCP is a request for StartLoad: one TCP request to addr, each from a
+// local port of its own (see GetTCPFrom), so 22,000 requests in a row never
+// reuse a port.
+func (n *NS) LoadTCP(addr string, timeout time.Duration) func() error {
+	return func() error {
+		_, err := n.GetTCPFrom(addr, n.nextLoadPort(), timeout)
+		return err
+	}
 }
 
 // ErrNoAnswer is returned by GetUDP when no datagram came back in time.

@@ -17,7 +17,10 @@ import (
 const Converge = 30 * time.Second
 
 // requestTimeout bounds one request.
-const requestTimeout = 2 * time.Second
+// RequestTimeout bounds one request.
+const RequestTimeout = 2 * time.Second
+
+const requestTimeout = RequestTimeout
 
 // Request sends one request (TCP connection or UDP datagram) from ns.
 func Request(ns *netns.NS, proto, addr string) (netns.Answer, error) {
