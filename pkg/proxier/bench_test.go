@@ -26,6 +26,49 @@ func benchSnapshot(n, m int) *Snapshot {
 	return snap
 }
 
+// spreadSnapshot is benchSnapshot with the endpoints spread over nodes
+// nodes, as a node of a real cluster sees them: endpoint e of Service i runs
+// on node (i*m+e) mod nodes; node 0 is the node under test, and its pod
+// CIDR holds its endpoints' addresses.
+func spreadSnapshot(n, m, nodes int) *Snapshot {
+	snap := benchSnapshot(n, m)
+	snap.Node.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.245.0.0/16")}
+	for name, eps := range snap.Endpoints {
+		i := 0
+		fmt.Sscanf(name.Name, "svc-%05d", &i)
+		for e := range eps {
+			node := (i*m + e) % nodes
+			eps[e].NodeName = fmt.Sprintf("node-%d", node)
+			if node == 0 {
+				eps[e].NodeName = "node-a"
+				eps[e].Addr = netip.AddrFrom4([4]byte{10, 245, byte(e), byte(i)})
+			}
+		}
+	}
+	return snap
+}
+
+// BenchmarkRender10kSpread renders 10,000 Services x 10 endpoints spread
+// over 50 nodes and reports the size of the nat table it writes.
+func BenchmarkRender10kSpread(b *testing.B) {
+	snap := spreadSnapshot(10000, 10, 50)
+	b.ReportAllocs()
+	var rules *Rules
+	for b.Loop() {
+		rules = Render(snap, benchConfig)
+	}
+	chains, n := 0, 0
+	if t := rules.Table(TableNAT); t != nil {
+		for _, c := range t.Chains {
+			chains++
+			n += len(c.Rules)
+		}
+	}
+	b.ReportMetric(float64(n), "nat-rules")
+	b.ReportMetric(float64(chains), "nat-chains")
+	b.ReportMetric(float64(len(RestoreText(rules))), "restore-bytes")
+}
+
 var benchConfig = RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}
 
 // BenchmarkRender10k renders 10,000 Services x 10 endpoints.

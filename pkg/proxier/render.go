@@ -492,7 +492,8 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 	}
 	cfg.largeCluster = endpoints > LargeClusterEndpoints
 	// What every Service port's rules depend on besides its own objects.
-	key := fmt.Sprintf("%+v|", cfg) + nodeKey(snap.Node)
+	// (The host's addresses decide which endpoints are certainly remote.)
+	key := fmt.Sprintf("%+v|%v|", cfg, snap.HostAddrs) + nodeKey(snap.Node)
 	if key != r.key {
 		clear(ports)
 	}

@@ -302,16 +302,22 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 	// The policy chains and the endpoint chains.
 	usesClusterChain := len(sets.cluster) > 0 && usesCluster
 	usesLocalChain := len(sets.local) > 0 && usesLocal
+	// With externalTrafficPolicy Local, pod traffic to an external address
+	// is short-circuited to the SVC chain unmasqueraded, and "pod" means the
+	// local-traffic detector's verdict, which (ClusterCIDR) includes pods of
+	// other nodes: a remote pod reaching itself that way needs its hairpin
+	// mark, so there every endpoint keeps its chain.
+	remote := func(ep Endpoint) bool { return !externalLocal && remoteEndpoint(snap, ep) }
 	if usesClusterChain {
-		writeEndpointRules(out, cfg, svcChain, svc, sets.cluster)
+		writeEndpointRules(out, cfg, svcChain, svc, sets.cluster, remote)
 	}
 	if usesLocalChain {
-		writeEndpointRules(out, cfg, svlChain, svc, sets.local)
+		writeEndpointRules(out, cfg, svlChain, svc, sets.local, remote)
 	}
 	seen := map[string]bool{}
 	for _, ep := range append(append([]Endpoint{}, sets.cluster...), sets.local...) {
 		sep := EndpointChainName(name, ep)
-		if seen[sep] {
+		if seen[sep] || remote(ep) {
 			continue
 		}
 		seen[sep] = true
@@ -337,17 +343,36 @@ func hasUsable(all []Endpoint, family v1.IPFamily) bool {
 }
 
 // writeEndpointRules fills a policy chain (SVC or SVL): affinity checks,
-// then one rule per endpoint with probability 1/(n-i).
-func writeEndpointRules(out *output, cfg RenderConfig, chain string, svc *ServicePort, eps []Endpoint) {
+// then the probability cascade. A local endpoint (or one that may be) is a
+// jump to its SEP chain, which marks hairpin traffic for masquerade and
+// DNATs. A remote endpoint is DNATed right here: only a pod on this node
+// can be the source of a connection this node DNATs back to it (a remote
+// pod's own connections are translated on its node), so its hairpin rule
+// could never match and its chain is a rule and a jump the kernel
+// validates on every restore for nothing.
+func writeEndpointRules(out *output, cfg RenderConfig, chain string, svc *ServicePort, eps []Endpoint, remote func(Endpoint) bool) {
 	str := svc.Name.String()
 	if _, ok := out.nat[chain]; !ok {
 		out.natChain(chain, nil)
 	}
+	p := protoLower(svc.Name.Protocol)
+	// target is where a chosen endpoint's packet goes: its SEP chain, or
+	// (remote) its DNAT, refreshing the affinity entry as SEP would.
+	target := func(r ruleBuilder, ep Endpoint, sep string) ruleBuilder {
+		if !remote(ep) {
+			return r.add("-j", sep)
+		}
+		r = ruleBuilder{"-p", p}.add(r...).add("-m", p)
+		if svc.AffinityTimeout > 0 {
+			r = r.add("-m", "recent", "--name", sep, "--set")
+		}
+		return r.add("-j", "DNAT", "--to-destination", ep.String())
+	}
 	if svc.AffinityTimeout > 0 {
 		for _, ep := range eps {
 			sep := EndpointChainName(svc.Name, ep)
-			out.natRule(chain, endpointComment(cfg, str+" -> "+ep.String()).add("-m", "recent", "--name", sep, "--rcheck",
-				"--seconds", fmt.Sprint(svc.AffinityTimeout), "--reap", "-j", sep))
+			out.natRule(chain, target(endpointComment(cfg, str+" -> "+ep.String()).add("-m", "recent", "--name", sep, "--rcheck",
+				"--seconds", fmt.Sprint(svc.AffinityTimeout), "--reap"), ep, sep))
 		}
 	}
 	for i, ep := range eps {
@@ -355,8 +380,28 @@ func writeEndpointRules(out *output, cfg RenderConfig, chain string, svc *Servic
 		if left := len(eps) - i; left > 1 {
 			r = r.add("-m", "statistic", "--mode", "random", "--probability", fmt.Sprintf("%0.10f", 1.0/float64(left)))
 		}
-		out.natRule(chain, r.add("-j", EndpointChainName(svc.Name, ep)))
+		out.natRule(chain, target(r, ep, EndpointChainName(svc.Name, ep)))
 	}
+}
+
+// remoteEndpoint reports whether an endpoint certainly runs on another
+// node: its slice names another node, and its address is none of this
+// node's (Node object or interfaces) and outside this node's pod CIDRs. An
+// endpoint without a node name (hand-written slices often have none, and
+// may point at this node) is not remote.
+func remoteEndpoint(snap *Snapshot, ep Endpoint) bool {
+	if ep.NodeName == "" || ep.NodeName == snap.Node.Name {
+		return false
+	}
+	if slices.Contains(snap.Node.Addresses, ep.Addr) || slices.Contains(snap.HostAddrs, ep.Addr) {
+		return false
+	}
+	for _, c := range snap.Node.PodCIDRs {
+		if c.Contains(ep.Addr) {
+			return false
+		}
+	}
+	return true
 }
 
 // LargeClusterEndpoints is the number of endpoints (of one family) above
