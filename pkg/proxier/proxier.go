@@ -179,6 +179,12 @@ func (p *Proxier) SyncOnce(ctx context.Context) error {
 func (p *Proxier) syncOnce(ctx context.Context) (more bool, _ error) {
 	logger := klog.FromContext(ctx)
 	start := time.Now()
+	p.mu.Lock()
+	var queued time.Duration
+	if !p.pendingSince.IsZero() {
+		queued = start.Sub(p.pendingSince)
+	}
+	p.mu.Unlock()
 	snap := p.source.Snapshot()
 	if p.HostAddrs != nil {
 		snap.HostAddrs = p.HostAddrs()
@@ -192,6 +198,8 @@ func (p *Proxier) syncOnce(ctx context.Context) (more bool, _ error) {
 			errs = append(errs, err)
 			continue
 		}
+		res.Phases.Queue = queued
+		res.Phases.observe(string(s.Config.Family))
 		results = append(results, res)
 		more = more || res.Pending > 0
 		now := time.Now()

@@ -34,6 +34,29 @@ type SyncResult struct {
 	Restores int
 	Bytes    int
 	Elapsed  time.Duration
+	// Phases is where Elapsed went.
+	Phases Phases
+}
+
+// Phases is the time one family's sync spent in each step: rendering,
+// reading the host's tables (full syncs), writing the restore text (the
+// diff; for a streamed full restore it is part of Restore), the
+// iptables-restore runs, ensuring the jump rules, and the conntrack
+// clean-up. Queue is how long the oldest change waited for the sync to
+// start (set by the sync loop).
+type Phases struct {
+	Queue, Render, HostState, Diff, Restore, Jumps, Conntrack time.Duration
+}
+
+// observe publishes the phases' durations.
+func (p Phases) observe(family string) {
+	for _, ph := range []struct {
+		name string
+		d    time.Duration
+	}{{"queue", p.Queue}, {"render", p.Render}, {"host_state", p.HostState}, {"diff", p.Diff},
+		{"restore", p.Restore}, {"jumps", p.Jumps}, {"conntrack", p.Conntrack}} {
+		metrics.SyncPhaseDuration.WithLabelValues(family, ph.name).Observe(ph.d.Seconds())
+	}
 }
 
 // Syncer applies rendered rules for one IP family through a host interface.
@@ -207,6 +230,7 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	rules := s.renderer.Render(effective, s.Config)
 	full := s.applied == nil
 	var res SyncResult
+	res.Phases.Render = time.Since(start)
 	fam := string(s.Config.Family)
 	written := map[string]int{} // rules written per table, for metrics
 	// apply runs one restore; chunks are applied as they are made, so a
@@ -237,6 +261,7 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 		hctx, cancel := s.hostCtx(ctx)
 		err := s.Host.Restore(hctx, chunk)
 		cancel()
+		res.Phases.Restore += time.Since(batch.Time)
 		if err == nil {
 			countWritten(chunk, written)
 		}
@@ -245,7 +270,9 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	var err error
 	var counts SyncResult
 	if full {
+		t0 := time.Now()
 		h, herr := s.hostState(ctx, rules)
+		res.Phases.HostState = time.Since(t0)
 		if herr != nil {
 			return res, herr
 		}
@@ -267,6 +294,7 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 				return bw.Flush()
 			})
 			cancel()
+			res.Phases.Restore += time.Since(batch.Time)
 			batch.Text = cw.text()
 			if rerr == nil {
 				for t, n := range tables {
@@ -275,13 +303,17 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 			}
 			err = done(batch, rerr, cw.n)
 		default:
+			t0 := time.Now()
 			var text []byte
 			text, counts = fullRestore(rules, h.stale, h.unjump, h.jump)
+			res.Phases.Diff = time.Since(t0)
 			err = apply(text)
 		}
 	} else {
+		t0 := time.Now()
 		var text []byte
 		text, counts = partialRestore(rules, s.applied)
+		res.Phases.Diff = time.Since(t0)
 		err = apply(text)
 	}
 	res.ChainsWritten, res.ChainsDeleted, res.Full = counts.ChainsWritten, counts.ChainsDeleted, full
@@ -290,9 +322,11 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	}
 	// A full restore inserted the missing jumps itself.
 	if !full && !s.jumpsKnownGood(rules) {
+		t0 := time.Now()
 		hctx, cancel := s.hostCtx(ctx)
 		err := s.Host.EnsureJumps(hctx, rules.Jumps)
 		cancel()
+		res.Phases.Jumps = time.Since(t0)
 		if err != nil {
 			s.applied = nil
 			return res, fmt.Errorf("ensuring %s jump rules: %w", s.Config.Family, err)
@@ -300,7 +334,9 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	}
 	s.applied, s.appliedSnap = rules, effective
 	s.rules = rules
+	t0 := time.Now()
 	s.cleanConntrack(ctx, snap)
+	res.Phases.Conntrack = time.Since(t0)
 	if full {
 		s.lastFull = time.Now()
 	}
@@ -310,7 +346,8 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	metrics.QuarantinedServices.Set(float64(len(s.quarantine)))
 	klog.FromContext(ctx).V(2).Info("Synced rules", "family", s.Config.Family, "full", full,
 		"chainsWritten", res.ChainsWritten, "chainsDeleted", res.ChainsDeleted, "bytes", res.Bytes, "elapsed", res.Elapsed,
-		"quarantined", res.Quarantined)
+		"render", res.Phases.Render, "hostState", res.Phases.HostState, "diff", res.Phases.Diff, "restore", res.Phases.Restore,
+		"jumps", res.Phases.Jumps, "conntrack", res.Phases.Conntrack, "quarantined", res.Quarantined)
 	return res, nil
 }
 

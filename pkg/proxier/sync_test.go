@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+	"github.com/switchyard-proxy/switchyard/pkg/metrics"
 	"github.com/switchyard-proxy/switchyard/test/wait"
 )
 
@@ -554,5 +556,39 @@ func TestChurnFasterThanTheSyncPeriod(t *testing.T) {
 		if strings.Join(got.RuleTexts(TableNAT, c.Name), "\n") != strings.Join(c.Rules, "\n") {
 			t.Errorf("chain %s differs from the last state", c.Name)
 		}
+	}
+}
+
+// Each sync says where its time went, per phase, in its result and in
+// switchyard_sync_phase_duration_seconds.
+func TestSyncRecordsItsPhases(t *testing.T) {
+	ctx := context.Background()
+	fake := iptables.NewFake()
+	s := NewSyncer(defaultConfig(), fake)
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	full, err := s.Sync(ctx, snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if full.Phases.Render <= 0 || full.Phases.Restore <= 0 {
+		t.Errorf("full sync phases: %+v", full.Phases)
+	}
+	snap2 := NewSnapshot()
+	addService(snap2, "web", "10.96.0.10", 3)
+	part, err := s.Sync(ctx, snap2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := part.Phases
+	if p.Render <= 0 || p.Diff <= 0 || p.Restore <= 0 || p.HostState != 0 {
+		t.Errorf("partial sync phases: %+v", p)
+	}
+	if sum := p.Render + p.Diff + p.Restore + p.Jumps + p.Conntrack; sum > part.Elapsed {
+		t.Errorf("phases (%v) add up to more than the sync (%v)", sum, part.Elapsed)
+	}
+	p.observe("IPv4")
+	if testutil.CollectAndCount(metrics.SyncPhaseDuration) < 7 {
+		t.Error("the phases are not published")
 	}
 }
