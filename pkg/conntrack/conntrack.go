@@ -64,12 +64,15 @@ type Fake struct {
 	mu      sync.Mutex
 	Flows   []Flow
 	Deleted []Flow
+	// Listings counts the calls (each lists the whole table).
+	Listings int
 }
 
 // DeleteUDP removes the stale UDP flows of the family.
 func (f *Fake) DeleteUDP(ipv6 bool, stale func(Flow) bool) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.Listings++
 	var keep []Flow
 	n := 0
 	for _, fl := range f.Flows {

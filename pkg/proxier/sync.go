@@ -89,8 +89,10 @@ type Syncer struct {
 	lastOK  time.Time
 	failing bool
 	rules   *Rules
-	// lastUDP are the UDP frontends of the last successful sync.
-	lastUDP udpFrontends
+	// lastUDP are the UDP frontends of the last successful sync; udpRetry
+	// is set while a failed clean-up is to be retried.
+	lastUDP  udpFrontends
+	udpRetry bool
 	// For /debug/rules: the last batch applied and the last one refused.
 	lastBatch, lastFailed Batch
 	// quarantine holds the Service ports whose rules the kernel refused.
@@ -335,7 +337,7 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 	s.applied, s.appliedSnap = rules, effective
 	s.rules = rules
 	t0 := time.Now()
-	s.cleanConntrack(ctx, snap)
+	s.cleanConntrack(ctx, snap, full)
 	res.Phases.Conntrack = time.Since(t0)
 	if full {
 		s.lastFull = time.Now()
@@ -352,14 +354,20 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 }
 
 // cleanConntrack deletes stale UDP flows, now that the rules send new
-// packets to the right place. Failures are logged: the next sync retries.
-func (s *Syncer) cleanConntrack(ctx context.Context, snap *Snapshot) {
+// packets to the right place. Listing the conntrack table costs in
+// proportion to the whole table (a busy node holds hundreds of thousands of
+// TCP entries), so a partial sync lists it only when a flow can have become
+// stale since the last clean-up: a UDP frontend or one of its endpoints
+// went, or a frontend is new or got its first endpoints (flows sent before
+// its rules were programmed are untranslated); a full sync always does.
+// Failures are logged: the next sync retries.
+func (s *Syncer) cleanConntrack(ctx context.Context, snap *Snapshot, full bool) {
 	if s.Conntrack == nil {
 		return
 	}
 	cur := udpFrontendsOf(snap, s.Config.Family)
 	check := cur.withGone(s.lastUDP)
-	if check.empty() {
+	if check.empty() || (!full && !s.udpRetry && !cur.mayHaveStale(s.lastUDP)) {
 		s.lastUDP = cur
 		return
 	}
@@ -372,11 +380,11 @@ func (s *Syncer) cleanConntrack(ctx context.Context, snap *Snapshot) {
 	logger := klog.FromContext(ctx)
 	if err != nil {
 		// Keep the gone frontends so the next sync looks for them again.
-		s.lastUDP = check
+		s.lastUDP, s.udpRetry = check, true
 		logger.Error(err, "Deleting stale UDP conntrack entries failed; will retry on the next sync", "family", s.Config.Family, "deleted", n)
 		return
 	}
-	s.lastUDP = cur
+	s.lastUDP, s.udpRetry = cur, false
 	if n > 0 {
 		logger.V(2).Info("Deleted stale UDP conntrack entries", "family", s.Config.Family, "deleted", n, "elapsed", time.Since(start))
 	}

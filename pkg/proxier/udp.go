@@ -83,3 +83,31 @@ func (u udpFrontends) stale(f conntrack.Flow) bool {
 	}
 	return false
 }
+
+// mayHaveStale reports whether going from prev to u can have left stale
+// flows: a frontend or one of its endpoints went, or a frontend is new or
+// went from no endpoints to some.
+func (u udpFrontends) mayHaveStale(prev udpFrontends) bool {
+	return frontendsChanged(prev.addrs, u.addrs) || frontendsChanged(prev.nodePorts, u.nodePorts)
+}
+
+func frontendsChanged[K comparable](prev, cur map[K]map[netip.AddrPort]bool) bool {
+	for k, was := range prev {
+		now, ok := cur[k]
+		if !ok {
+			return true
+		}
+		for ep := range was {
+			if !now[ep] {
+				return true
+			}
+		}
+	}
+	for k, now := range cur {
+		was, ok := prev[k]
+		if !ok || len(was) == 0 && len(now) > 0 {
+			return true
+		}
+	}
+	return false
+}

@@ -102,3 +102,51 @@ func TestStaleUDPFlowsAcrossTransitions(t *testing.T) {
 		t.Errorf("a restart deleted live flows: left %v", ct.Flows)
 	}
 }
+
+// The conntrack table is listed only when a flow can have become stale: a
+// sync that changes nothing UDP does not pay for a table that may hold
+// hundreds of thousands of entries; a removed endpoint, a new frontend, a
+// full sync and a failed clean-up do.
+func TestConntrackListedOnlyWhenFlowsCanBeStale(t *testing.T) {
+	ctx := context.Background()
+	ct := &conntrack.Fake{}
+	s := NewSyncer(defaultConfig(), iptables.NewFake())
+	s.Conntrack = ct
+	withTCP := func(snap *Snapshot) *Snapshot {
+		addService(snap, "web", "10.96.0.10", 2) // TCP changes never list
+		return snap
+	}
+	sync := func(snap *Snapshot) {
+		t.Helper()
+		if _, err := s.Sync(ctx, snap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []struct {
+		name   string
+		snap   *Snapshot
+		listed bool
+	}{
+		{"first (full) sync", withTCP(dnsSnapshot("10.244.1.1")), true},
+		{"nothing UDP changed", dnsSnapshot("10.244.1.1"), false},
+		{"an endpoint added", dnsSnapshot("10.244.1.1", "10.244.1.2"), false},
+		{"an endpoint removed", dnsSnapshot("10.244.1.2"), true},
+		{"to zero endpoints", dnsSnapshot(), true},
+		{"still zero", dnsSnapshot(), false},
+		{"first endpoint again", dnsSnapshot("10.244.1.3"), true},
+		{"service deleted", NewSnapshot(), true},
+		{"no UDP at all", withTCP(NewSnapshot()), false},
+	} {
+		before := ct.Listings
+		sync(step.snap)
+		if listed := ct.Listings > before; listed != step.listed {
+			t.Errorf("%s: conntrack listed %v, want %v", step.name, listed, step.listed)
+		}
+	}
+	s.ForceFull()
+	before := ct.Listings
+	sync(dnsSnapshot("10.244.1.3"))
+	if ct.Listings == before {
+		t.Error("a full sync did not list the table")
+	}
+}
