@@ -89,7 +89,7 @@ var (
 	PendingServicePorts = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "pending_service_ports",
 		Help: "Changed Service ports the last sync left for the next one, to keep each restore bounded"}, []string{"ip_family"})
 	SyncPhaseDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "switchyard", Name: "sync_phase_duration_seconds",
-		Help: "Where each sync's time went, by phase: queue (the oldest change waiting for the sync), render, host_state (reading the tables, full syncs), diff (writing the restore text), restore, jumps, conntrack",
+		Help:    "Where each sync's time went, by phase: queue (the oldest change waiting for the sync), render, host_state (reading the tables, full syncs), diff (writing the restore text), restore, jumps, conntrack",
 		Buckets: syncBuckets}, []string{"ip_family", "phase"})
 	IntegrityChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "integrity_checks_total",
 		Help: "Checks that the programmed rules are still on the host, by result: intact, broken (a full sync follows) or busy (another program held the xtables lock; nothing seen)"},
