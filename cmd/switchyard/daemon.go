@@ -129,7 +129,7 @@ func (o *daemonOptions) restConfig() (*rest.Config, error) {
 // them; a counter the kernel will not create is logged and left out of the
 // rules (a rule naming a missing counter is refused), as kube-proxy does.
 // It returns the names of the counters in use.
-func (o *daemonOptions) ensureNFAcct(logger klog.Logger) (invalid, localhost string) {
+func (o *daemonOptions) ensureNFAcct(logger klog.Logger, beLiberal bool) (invalid, localhost string) {
 	if o.dryRun {
 		return "", ""
 	}
@@ -141,7 +141,7 @@ func (o *daemonOptions) ensureNFAcct(logger klog.Logger) (invalid, localhost str
 		}
 		return name
 	}
-	if !o.beLiberal {
+	if !beLiberal { // no INVALID-drop rule, nothing to count
 		invalid = ensure(proxier.NFAcctInvalidDropped)
 	}
 	if o.ruleOptions.renderConfig(v1.IPv4Protocol).LocalhostNodePortsActive() {
@@ -323,7 +323,7 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 		beLiberal = true
 	}
 	metrics.SetBuildInfo(version, "")
-	invalidCounter, localhostCounter := o.ensureNFAcct(logger)
+	invalidCounter, localhostCounter := o.ensureNFAcct(logger, o.beLiberal || beLiberal)
 	var syncers []*proxier.Syncer
 	for _, family := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
 		host, err := o.hostFor(ctx, logger, family)
