@@ -33,12 +33,18 @@ type LoopConfig struct {
 	FullSyncPeriod time.Duration
 }
 
-// Proxier runs the sync loop: it collapses sync requests, renders the
-// snapshot for each IP family and applies it through that family's Syncer.
+// Proxier runs the sync loops, one per IP family, as kube-proxy does: each
+// collapses sync requests, renders the snapshot for its family and applies
+// it through that family's Syncer, so a slow restore of one family never
+// delays the other's changes.
 type Proxier struct {
 	cfg     LoopConfig
 	source  SnapshotSource
 	syncers []*Syncer
+	loops   []*familyLoop
+	// snapMu serialises taking snapshots: each hands over the trigger times
+	// of the changes it folds in, which every family must see once.
+	snapMu sync.Mutex
 
 	// HostAddrs, when set, supplies the node's interface addresses for
 	// each snapshot (for --nodeport-addresses).
@@ -47,19 +53,12 @@ type Proxier struct {
 	// snapshot that was applied (the health check servers follow it).
 	OnSynced func(*Snapshot)
 
-	requests chan struct{}
-
 	mu         sync.Mutex
 	lastSync   time.Time
-	lastErr    error
-	lastResult []SyncResult
 	syncCount  int
 	synced     chan struct{}
 	syncedOnce sync.Once
-	// pendingSince is when the oldest sync request not yet served was
-	// made; zero when none is pending.
-	pendingSince time.Time
-	lastSnap     *Snapshot
+	lastSnap   *Snapshot
 
 	checksOK, checksFailed, checksBusy atomic.Int64
 }
@@ -92,27 +91,47 @@ func New(cfg LoopConfig, source SnapshotSource, syncers ...*Syncer) *Proxier {
 	if cfg.SyncPeriod <= 0 {
 		cfg.SyncPeriod = 30 * time.Second
 	}
-	return &Proxier{cfg: cfg, source: source, syncers: syncers, requests: make(chan struct{}, 1), synced: make(chan struct{})}
+	p := &Proxier{cfg: cfg, source: source, syncers: syncers, synced: make(chan struct{})}
+	for _, s := range syncers {
+		p.loops = append(p.loops, &familyLoop{s: s, requests: make(chan struct{}, 1)})
+	}
+	return p
+}
+
+// familyLoop is one IP family's sync loop state.
+type familyLoop struct {
+	s        *Syncer
+	requests chan struct{}
+	// Guarded by Proxier.mu: pendingSince is when the oldest sync request
+	// not yet served was made (zero when none is pending); lastErr is the
+	// last sync's error; synced is true after its first successful sync.
+	pendingSince time.Time
+	lastErr      error
+	synced       bool
+	// triggers are change trigger times other families' snapshots took
+	// first (guarded by Proxier.snapMu).
+	triggers []time.Time
 }
 
 // RequestSync asks for a sync soon. It never blocks; requests made while
 // one is pending collapse into it.
 func (p *Proxier) RequestSync() {
-	p.markPending()
-	select {
-	case p.requests <- struct{}{}:
-	default:
+	for _, l := range p.loops {
+		p.request(l)
 	}
 }
 
-func (p *Proxier) markPending() {
+// request asks one family's loop for a sync.
+func (p *Proxier) request(l *familyLoop) {
 	p.mu.Lock()
-	if p.pendingSince.IsZero() {
-		p.pendingSince = time.Now()
+	if l.pendingSince.IsZero() {
+		l.pendingSince = time.Now()
 	}
 	p.mu.Unlock()
-	for _, s := range p.syncers {
-		metrics.SyncLastQueuedTimestamp.WithLabelValues(string(s.Config.Family)).SetToCurrentTime()
+	metrics.SyncLastQueuedTimestamp.WithLabelValues(string(l.s.Config.Family)).SetToCurrentTime()
+	select {
+	case l.requests <- struct{}{}:
+	default:
 	}
 }
 
@@ -120,17 +139,24 @@ func (p *Proxier) markPending() {
 // one still pending was requested less than twice the sync period ago (as
 // kube-proxy judges its own health).
 func (p *Proxier) Healthy() bool {
-	_, overdue := p.overdue()
-	return !overdue
+	return !p.overdue()
 }
 
-// overdue returns when the oldest sync request not yet served was made,
-// and whether that was twice the sync period ago or longer.
-func (p *Proxier) overdue() (time.Time, bool) {
+// overdue reports whether any family has a sync request not yet served
+// that was made twice the sync period ago or longer.
+func (p *Proxier) overdue() bool {
 	p.mu.Lock()
-	pending := p.pendingSince
-	p.mu.Unlock()
-	return pending, !pending.IsZero() && time.Since(pending) >= 2*p.cfg.SyncPeriod
+	defer p.mu.Unlock()
+	for _, l := range p.loops {
+		if p.overdueLocked(l) {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *Proxier) overdueLocked(l *familyLoop) bool {
+	return !l.pendingSince.IsZero() && time.Since(l.pendingSince) >= 2*p.cfg.SyncPeriod
 }
 
 // FamilyHealth is one IP family's part of the health answer.
@@ -147,12 +173,12 @@ type FamilyHealth struct {
 // FamilyHealth reports each IP family's health, as kube-proxy's health
 // answer lists it per family.
 func (p *Proxier) FamilyHealth() []FamilyHealth {
-	pending, overdue := p.overdue()
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var out []FamilyHealth
-	for _, s := range p.syncers {
-		last, failing := s.LastSynced()
-		out = append(out, FamilyHealth{Family: s.Config.Family, LastSynced: last,
-			Healthy: !overdue || (!failing && last.After(pending))})
+	for _, l := range p.loops {
+		last, _ := l.s.LastSynced()
+		out = append(out, FamilyHealth{Family: l.s.Config.Family, LastSynced: last, Healthy: !p.overdueLocked(l)})
 	}
 	return out
 }
@@ -160,48 +186,72 @@ func (p *Proxier) FamilyHealth() []FamilyHealth {
 // Synced is closed after the first successful sync.
 func (p *Proxier) Synced() <-chan struct{} { return p.synced }
 
-// Status reports the last sync's time and error and how many syncs ran.
+// Status reports the last sync's time, the families' last errors (nil when
+// each family's last sync succeeded) and how many family syncs ran.
 func (p *Proxier) Status() (time.Time, error, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.lastSync, p.lastErr, p.syncCount
-}
-
-// SyncOnce renders and applies the current snapshot for every family. A
-// failure of one family does not stop the others.
-func (p *Proxier) SyncOnce(ctx context.Context) error {
-	_, err := p.syncOnce(ctx)
-	return err
-}
-
-// syncOnce is SyncOnce; more is true when a bounded sync left changes for
-// the next one.
-func (p *Proxier) syncOnce(ctx context.Context) (more bool, _ error) {
-	logger := klog.FromContext(ctx)
-	start := time.Now()
-	p.mu.Lock()
-	var queued time.Duration
-	if !p.pendingSince.IsZero() {
-		queued = start.Sub(p.pendingSince)
+	var errs []error
+	for _, l := range p.loops {
+		errs = append(errs, l.lastErr)
 	}
-	p.mu.Unlock()
+	return p.lastSync, errors.Join(errs...), p.syncCount
+}
+
+// SyncOnce renders and applies the current snapshot for every family, one
+// after the other. A failure of one family does not stop the others.
+func (p *Proxier) SyncOnce(ctx context.Context) error {
+	var errs []error
+	for _, l := range p.loops {
+		if _, err := p.syncFamily(ctx, l); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// snapshotFor takes the current snapshot for one family. Trigger times (for
+// the network programming latency) are drained by whichever family takes a
+// snapshot first, so each snapshot hands them to the other families too.
+func (p *Proxier) snapshotFor(l *familyLoop) *Snapshot {
+	p.snapMu.Lock()
+	defer p.snapMu.Unlock()
 	snap := p.source.Snapshot()
+	fresh := snap.TriggerTimes
+	for _, o := range p.loops {
+		if o != l {
+			o.triggers = append(o.triggers, fresh...)
+		}
+	}
+	if len(l.triggers) > 0 {
+		snap.TriggerTimes = append(l.triggers, fresh...)
+		l.triggers = nil
+	}
 	if p.HostAddrs != nil {
 		snap.HostAddrs = p.HostAddrs()
 	}
-	var errs []error
-	var results []SyncResult
-	for _, s := range p.syncers {
-		res, err := s.Sync(ctx, snap)
-		if err != nil {
-			logger.Error(err, "Sync failed; the next sync will be full", "family", s.Config.Family)
-			errs = append(errs, err)
-			continue
-		}
+	return snap
+}
+
+// syncFamily syncs one family; more is true when a bounded sync left
+// changes for the next one.
+func (p *Proxier) syncFamily(ctx context.Context, l *familyLoop) (more bool, _ error) {
+	logger := klog.FromContext(ctx)
+	s := l.s
+	start := time.Now()
+	p.mu.Lock()
+	var queued time.Duration
+	if !l.pendingSince.IsZero() {
+		queued = start.Sub(l.pendingSince)
+	}
+	p.mu.Unlock()
+	snap := p.snapshotFor(l)
+	res, err := s.Sync(ctx, snap)
+	if err != nil {
+		logger.Error(err, "Sync failed; the next sync will be full", "family", s.Config.Family)
+	} else {
 		res.Phases.Queue = queued
 		res.Phases.observe(string(s.Config.Family))
-		results = append(results, res)
-		more = more || res.Pending > 0
 		now := time.Now()
 		for _, t := range snap.TriggerTimes {
 			if d := now.Sub(t); d >= 0 {
@@ -209,50 +259,79 @@ func (p *Proxier) syncOnce(ctx context.Context) (more bool, _ error) {
 			}
 		}
 	}
-	err := errors.Join(errs...)
 	p.mu.Lock()
 	p.lastSync = time.Now()
-	p.lastErr = err
-	p.lastResult = results
+	l.lastErr = err
 	p.syncCount++
-	if err == nil && !p.pendingSince.IsZero() && !p.pendingSince.After(start) {
-		p.pendingSince = time.Time{}
+	if err == nil && !l.pendingSince.IsZero() && !l.pendingSince.After(start) {
+		l.pendingSince = time.Time{}
 	}
+	allSynced := false
 	if err == nil {
 		p.lastSnap = snap
+		l.synced = true
+		allSynced = true
+		for _, o := range p.loops {
+			allSynced = allSynced && o.synced
+		}
 	}
 	p.mu.Unlock()
-	if err == nil {
-		if p.OnSynced != nil {
-			p.OnSynced(snap)
-		}
-		p.syncedOnce.Do(func() { close(p.synced) })
-		logger.V(1).Info("Synced", "services", len(snap.Services), "results", results)
+	if err != nil {
+		return false, err
 	}
-	return more, err
+	if p.OnSynced != nil {
+		p.OnSynced(snap)
+	}
+	if allSynced {
+		p.syncedOnce.Do(func() { close(p.synced) })
+	}
+	logger.V(1).Info("Synced", "family", s.Config.Family, "services", len(snap.Services), "result", res)
+	return res.Pending > 0, nil
 }
 
-// Run is the sync loop. It syncs at once, then whenever a sync is requested
-// (at most once per MinSyncPeriod), retries failures with backoff, and every
-// SyncPeriod checks the rules are intact (and does a full sync when they are
-// not, or when the last full sync is older than FullSyncPeriod).
+// Run runs the sync loops, one per family, until ctx ends. Each syncs at
+// once, then whenever a sync is requested (at most once per MinSyncPeriod),
+// retries failures with backoff, and every SyncPeriod makes its next sync
+// full when the last full one is older than FullSyncPeriod. Beside them,
+// the integrity check looks every SyncPeriod that the rules are intact.
 func (p *Proxier) Run(ctx context.Context) {
 	logger := klog.FromContext(ctx)
-	checkDone := make(chan struct{})
-	join, err := sameNetnsAs()
+	var wg sync.WaitGroup
+	join, release, err := sameNetnsAs()
 	if err != nil {
-		logger.Error(err, "Cannot tell this thread's network namespace; the integrity check runs wherever Go schedules it")
-		join = func() error { return nil }
+		logger.Error(err, "Cannot tell this thread's network namespace; the integrity check and the sync loops run wherever Go schedules them")
+		join, release = func() error { return nil }, func() {}
 	}
+	defer release()
+	wg.Add(1)
 	go func() {
-		defer close(checkDone)
+		defer wg.Done()
 		if err := join(); err != nil {
 			logger.Error(err, "Cannot enter the sync loop's network namespace; no integrity check will run")
 			return
 		}
 		p.checkLoop(ctx)
 	}()
-	defer func() { <-checkDone }()
+	for _, l := range p.loops[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := join(); err != nil {
+				logger.Error(err, "Cannot enter the network namespace; this family is not synced", "family", l.s.Config.Family)
+				return
+			}
+			p.runFamily(ctx, l)
+		}()
+	}
+	if len(p.loops) > 0 {
+		p.runFamily(ctx, p.loops[0])
+	}
+	wg.Wait()
+}
+
+// runFamily is one family's sync loop.
+func (p *Proxier) runFamily(ctx context.Context, l *familyLoop) {
+	logger := klog.FromContext(ctx).WithValues("family", l.s.Config.Family)
 	ticker := time.NewTicker(p.cfg.SyncPeriod)
 	defer ticker.Stop()
 	var lastStart time.Time
@@ -271,12 +350,12 @@ func (p *Proxier) Run(ctx context.Context) {
 				}
 			}
 			select { // this sync covers any request made so far
-			case <-p.requests:
+			case <-l.requests:
 			default:
 			}
 			pending = false
 			lastStart = time.Now()
-			more, err := p.syncOnce(ctx)
+			more, err := p.syncFamily(ctx, l)
 			if err != nil {
 				backoff = nextBackoff(backoff, p.cfg.SyncPeriod)
 				logger.Info("Retrying sync after backoff", "backoff", backoff)
@@ -290,18 +369,19 @@ func (p *Proxier) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-p.requests:
+		case <-l.requests:
 			pending = true
 		case <-retry:
 			pending = true
 		case <-ticker.C:
-			for _, s := range p.syncers {
-				if time.Since(s.LastFull()) > p.cfg.FullSyncPeriod {
-					s.ForceFull()
-					pending = true
-				}
+			if time.Since(l.s.LastFull()) > p.cfg.FullSyncPeriod {
+				l.s.ForceFull()
+				pending = true
 			}
-			if _, err, _ := p.Status(); err != nil {
+			p.mu.Lock()
+			failing := l.lastErr != nil
+			p.mu.Unlock()
+			if failing {
 				pending = true
 			}
 		}
@@ -337,7 +417,8 @@ func (p *Proxier) checkLoop(ctx context.Context) {
 			return
 		case <-ticker.C:
 		}
-		for _, s := range p.syncers {
+		for _, l := range p.loops {
+			s := l.s
 			if s.Rules() == nil {
 				continue // not synced yet, or a full sync is already due
 			}
@@ -360,7 +441,7 @@ func (p *Proxier) checkLoop(ctx context.Context) {
 			p.checksFailed.Add(1)
 			metrics.IntegrityChecks.WithLabelValues(family, "broken").Inc()
 			logger.Info("Rules are not intact; running a full sync", "family", s.Config.Family, "err", err)
-			p.RequestSync()
+			p.request(l)
 		}
 	}
 }

@@ -411,10 +411,13 @@ func TestLoopSyncsOnRequestAndCollapsesBursts(t *testing.T) {
 type hungHost struct {
 	*iptables.Fake
 	hang atomic.Bool
+	hung atomic.Int32 // restores hanging now
 }
 
 func (h *hungHost) Restore(ctx context.Context, text []byte) error {
 	if h.hang.Load() {
+		h.hung.Add(1)
+		defer h.hung.Add(-1)
 		<-ctx.Done()
 		return ctx.Err()
 	}
@@ -591,4 +594,55 @@ func TestSyncRecordsItsPhases(t *testing.T) {
 	if testutil.CollectAndCount(metrics.SyncPhaseDuration) < 7 {
 		t.Error("the phases are not published")
 	}
+}
+
+// Each IP family has its own sync loop: while IPv6's restores hang, IPv4's
+// changes are still programmed, and the network programming trigger times
+// reach both families.
+func TestFamiliesSyncIndependently(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	v4 := iptables.NewFake()
+	v6 := &hungHost{Fake: iptables.NewFake()}
+	src := &fixedSource{snap: NewSnapshot()}
+	s6 := NewSyncer(v6Config(), v6)
+	s6.HostTimeout = time.Hour // a restore that hangs for good
+	p := New(LoopConfig{MinSyncPeriod: 10 * time.Millisecond, SyncPeriod: time.Hour}, src, NewSyncer(defaultConfig(), v4), s6)
+	done := make(chan struct{})
+	go func() { p.Run(ctx); close(done) }()
+	select {
+	case <-p.Synced():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no initial sync")
+	}
+	v6.hang.Store(true)
+	// web is dual-stack, so both families have something to restore.
+	dual := func(snap *Snapshot) {
+		n := addService(snap, "web", "10.96.0.10", 2)
+		sp := snap.Services[n]
+		sp.ClusterIPs = append(sp.ClusterIPs, netip.MustParseAddr("fd00:96::10"))
+		snap.Endpoints[n] = append(snap.Endpoints[n], Endpoint{Addr: netip.MustParseAddr("fd00:10:244::1"), Port: 8080, Ready: true, Serving: true})
+	}
+	snap := NewSnapshot()
+	dual(snap)
+	src.set(snap)
+	p.RequestSync()
+	web := ServiceChainName(spn("web", "http"))
+	wait.For(t, "IPv4's first sync after the change", 10*time.Second, func() bool {
+		return len(v4.Snapshot().ChainNames(TableNAT, web)) == 1
+	})
+	// IPv6 is now stuck in its restore (one loop for both would be too):
+	// the next change still reaches IPv4.
+	wait.For(t, "IPv6's restore to hang", 10*time.Second, func() bool { return v6.hung.Load() > 0 })
+	snap2 := NewSnapshot()
+	dual(snap2)
+	addService(snap2, "db", "10.96.0.20", 1)
+	src.set(snap2)
+	p.RequestSync()
+	db := ServiceChainName(spn("db", "http"))
+	wait.For(t, "IPv4's next sync while IPv6's restore hangs", 10*time.Second, func() bool {
+		return len(v4.Snapshot().ChainNames(TableNAT, db)) == 1
+	})
+	cancel()
+	<-done
 }
