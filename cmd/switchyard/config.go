@@ -128,9 +128,6 @@ func loadConfigFile(path string, fs *pflag.FlagSet) (*kpconfig.KubeProxyConfigur
 	if len(ignored) > 0 {
 		warnings = append(warnings, "these flags are ignored because --config is given (kube-proxy takes them from the file): "+strings.Join(ignored, ", "))
 	}
-	bad := func(field, format string, args ...any) error {
-		return usagef("--config %s: %s: %s", path, field, fmt.Sprintf(format, args...))
-	}
 	for _, s := range settings {
 		if !s.set || fs.Lookup(s.flag) == nil {
 			continue
@@ -139,13 +136,18 @@ func loadConfigFile(path string, fs *pflag.FlagSet) (*kpconfig.KubeProxyConfigur
 			continue // the command line wins
 		}
 		if err := fs.Set(s.flag, s.value); err != nil {
-			return nil, nil, bad(s.field, "%q: %v", s.value, err)
+			return nil, nil, fieldError(path, s.field, "%q: %v", s.value, err)
 		}
 	}
 	if w := ignoredFields(c); w != "" {
 		warnings = append(warnings, w)
 	}
 	return c, warnings, nil
+}
+
+// fieldError is a usage error naming the file and the field.
+func fieldError(path, field, format string, args ...any) error {
+	return usagef("--config %s: %s: %s", path, field, fmt.Sprintf(format, args...))
 }
 
 // resetFlag puts a flag back to its default, as if not given.
@@ -164,9 +166,7 @@ func resetFlag(f *pflag.Flag) {
 // fileSettings lists the flag each field the file sets stands for, after
 // checking the values kube-proxy's validation would refuse.
 func fileSettings(path string, c *kpconfig.KubeProxyConfiguration) ([]setting, error) {
-	bad := func(field, format string, args ...any) error {
-		return usagef("--config %s: %s: %s", path, field, fmt.Sprintf(format, args...))
-	}
+	bad := func(field, format string, args ...any) error { return fieldError(path, field, format, args...) }
 	if b := c.IPTables.MasqueradeBit; b != nil && (*b < 0 || *b > 31) {
 		return nil, bad("iptables.masqueradeBit", "%d is not between 0 and 31", *b)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -210,6 +211,48 @@ func liveRules(ctx context.Context, family v1.IPFamily, backend iptables.Backend
 	return rs, local, nil
 }
 
+// removeRules removes switchyard's chains and jumps (ours) and an upstream
+// kube-proxy's iptables-mode chains and nftables-mode tables (kubeProxy),
+// from every installed backend and family, reporting each to out. The
+// nftables error is separate: a host without nft, or a table that will not
+// go, is the caller's to judge.
+func removeRules(ctx context.Context, out io.Writer, ours, kubeProxy bool) (err, nftErr error) {
+	runners := iptables.AvailableRunners(ctx)
+	if len(runners) == 0 {
+		return fmt.Errorf("no iptables binaries found"), nil
+	}
+	type owner struct {
+		what  string
+		owned iptables.Owner
+	}
+	var owners []owner
+	if ours {
+		owners = append(owners, owner{"switchyard", iptables.Prefix(proxier.ChainPrefix)})
+	}
+	if kubeProxy {
+		owners = append(owners, owner{"kube-proxy", iptables.KubeProxyChains})
+	}
+	var errs []error
+	for _, r := range runners {
+		for _, o := range owners {
+			n, err := r.Cleanup(ctx, o.owned)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s %s: %w", r.Backend(), r.Family(), err))
+				continue
+			}
+			fmt.Fprintf(out, "%s %s: removed %d %s chains\n", r.Backend(), r.Family(), n, o.what)
+		}
+	}
+	if kubeProxy {
+		var tables []string
+		tables, nftErr = iptables.CleanupKubeProxyNFTables(ctx)
+		for _, t := range tables {
+			fmt.Fprintf(out, "nftables: removed table %s\n", t)
+		}
+	}
+	return errors.Join(errs...), nftErr
+}
+
 func newCleanupCommand() *cobra.Command {
 	var kubeProxy bool
 	cmd := &cobra.Command{
@@ -229,34 +272,11 @@ in both backends and both families, and its nftables-mode tables
 KUBE-KUBELET-CANARY and every other tool's chains stay. IPVS-mode leftovers
 are manual steps: see docs/migrating-from-kube-proxy.md.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmdContext(cmd)
-			runners := iptables.AvailableRunners(ctx)
-			if len(runners) == 0 {
-				return fmt.Errorf("no iptables binaries found")
+			err, nftErr := removeRules(cmdContext(cmd), cmd.OutOrStdout(), !kubeProxy, kubeProxy)
+			if nftErr != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "nftables: %v\n", nftErr)
 			}
-			owned, what := iptables.Prefix(proxier.ChainPrefix), "switchyard"
-			if kubeProxy {
-				owned, what = iptables.KubeProxyChains, "kube-proxy"
-			}
-			var errs []error
-			for _, r := range runners {
-				n, err := r.Cleanup(ctx, owned)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("%s %s: %w", r.Backend(), r.Family(), err))
-					continue
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%s %s: removed %d %s chains\n", r.Backend(), r.Family(), n, what)
-			}
-			if kubeProxy {
-				tables, err := iptables.CleanupKubeProxyNFTables(ctx)
-				for _, t := range tables {
-					fmt.Fprintf(cmd.OutOrStdout(), "nftables: removed table %s\n", t)
-				}
-				if err != nil {
-					fmt.Fprintf(cmd.ErrOrStderr(), "nftables: %v\n", err)
-				}
-			}
-			return errors.Join(errs...)
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&kubeProxy, "kube-proxy", false, "Remove the rules an old kube-proxy left instead of switchyard's")

@@ -14,7 +14,6 @@ import (
 
 	hostpkg "github.com/switchyard-proxy/switchyard/pkg/host"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
-	"github.com/switchyard-proxy/switchyard/pkg/proxier"
 )
 
 // start is the root command: kube-proxy's order of things. The config file
@@ -41,9 +40,7 @@ func (o *daemonOptions) start(cmd *cobra.Command) error {
 		return err
 	}
 	warnings = append(warnings, kw...)
-	if err := setUpLogging(o.kp.loggingFormat, o.kp.logFlush, cmd.ErrOrStderr()); err != nil {
-		return err
-	}
+	setUpLogging(o.kp.loggingFormat, o.kp.logFlush, cmd.ErrOrStderr())
 	logger := klog.Background()
 	for _, w := range warnings {
 		logger.Info("Warning: " + w)
@@ -66,12 +63,11 @@ func (o *daemonOptions) start(cmd *cobra.Command) error {
 }
 
 // setUpLogging applies --logging-format and --log-flush-frequency.
-func setUpLogging(format string, flush time.Duration, w io.Writer) error {
+func setUpLogging(format string, flush time.Duration, w io.Writer) {
 	if format == "json" {
 		klog.SetLogger(newJSONLogger(w))
 	}
 	klog.StartFlushDaemon(flush)
-	return nil
 }
 
 // applyOOMScoreAdj sets our own oom_score_adj, as kube-proxy does; where
@@ -104,32 +100,11 @@ func (o *daemonOptions) initOnly(logger klog.Logger) error {
 // (iptables mode in both backends and families, nftables mode) go, then
 // switchyard exits; 0 when everything present was removed.
 func cleanupAll(ctx context.Context, out io.Writer) error {
-	runners := iptables.AvailableRunners(ctx)
-	if len(runners) == 0 {
-		return fmt.Errorf("no iptables binaries found")
+	err, nftErr := removeRules(ctx, out, true, true)
+	if nftErr != nil && !errors.Is(nftErr, iptables.ErrNoNFT) {
+		err = errors.Join(err, nftErr)
 	}
-	var errs []error
-	for _, r := range runners {
-		for _, owner := range []struct {
-			what  string
-			owned iptables.Owner
-		}{{"switchyard", iptables.Prefix(proxier.ChainPrefix)}, {"kube-proxy", iptables.KubeProxyChains}} {
-			n, err := r.Cleanup(ctx, owner.owned)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s %s: %w", r.Backend(), r.Family(), err))
-				continue
-			}
-			fmt.Fprintf(out, "%s %s: removed %d %s chains\n", r.Backend(), r.Family(), n, owner.what)
-		}
-	}
-	tables, err := iptables.CleanupKubeProxyNFTables(ctx)
-	for _, t := range tables {
-		fmt.Fprintf(out, "nftables: removed table %s\n", t)
-	}
-	if err != nil && !errors.Is(err, iptables.ErrNoNFT) {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	return err
 }
 
 // removeNFTablesLeftovers deletes an nftables-mode kube-proxy's tables at

@@ -312,6 +312,10 @@ func (p *Proxier) Run(ctx context.Context) {
 		}
 		p.checkLoop(ctx)
 	}()
+	if len(p.loops) == 0 {
+		wg.Wait()
+		return
+	}
 	for _, l := range p.loops[1:] {
 		wg.Add(1)
 		go func() {
@@ -323,9 +327,7 @@ func (p *Proxier) Run(ctx context.Context) {
 			p.runFamily(ctx, l)
 		}()
 	}
-	if len(p.loops) > 0 {
-		p.runFamily(ctx, p.loops[0])
-	}
+	p.runFamily(ctx, p.loops[0])
 	wg.Wait()
 }
 

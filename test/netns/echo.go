@@ -95,22 +95,7 @@ func parseAnswer(line, addr string) (Answer, error) {
 
 // GetTCP connects from inside the namespace and reads the server's answer.
 func (n *NS) GetTCP(addr string, timeout time.Duration) (Answer, error) {
-	var a Answer
-	err := n.Do(func() error {
-		c, err := net.DialTimeout("tcp", addr, timeout)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(timeout))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			return fmt.Errorf("reading answer from %s: %w", addr, err)
-		}
-		a, err = parseAnswer(line, addr)
-		return err
-	})
-	return a, err
+	return n.getTCP(addr, net.Dialer{Timeout: timeout}, timeout)
 }
 
 // GetTCPFrom is GetTCP from a given local port: a load that opens
@@ -118,9 +103,12 @@ func (n *NS) GetTCP(addr string, timeout time.Duration) (Answer, error) {
 // hand out a port whose previous flow conntrack still remembers (the
 // server closes first, so the client keeps no TIME_WAIT to stop it).
 func (n *NS) GetTCPFrom(addr string, localPort int, timeout time.Duration) (Answer, error) {
+	return n.getTCP(addr, net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: localPort}}, timeout)
+}
+
+func (n *NS) getTCP(addr string, d net.Dialer, timeout time.Duration) (Answer, error) {
 	var a Answer
 	err := n.Do(func() error {
-		d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{Port: localPort}}
 		c, err := d.Dial("tcp", addr)
 		if err != nil {
 			return err
