@@ -40,6 +40,7 @@ type daemonOptions struct {
 	master        string
 	syncPeriod    time.Duration
 	minSyncPeriod time.Duration
+	cpuShare      float64
 	backend       string
 	maxRestore    int
 	profiling     bool
@@ -59,7 +60,7 @@ type daemonOptions struct {
 }
 
 func newDaemonOptions() *daemonOptions {
-	return &daemonOptions{syncPeriod: 30 * time.Second, minSyncPeriod: 100 * time.Millisecond, backend: "auto", maxRestore: -1,
+	return &daemonOptions{syncPeriod: 30 * time.Second, minSyncPeriod: 100 * time.Millisecond, cpuShare: 0.25, backend: "auto", maxRestore: -1,
 		healthzAddr: "0.0.0.0:10256", metricsAddr: "127.0.0.1:10249", apiQPS: 5, apiBurst: 10, apiContent: "application/vnd.kubernetes.protobuf",
 		conntrack: hostpkg.ConntrackConfig{MaxPerCore: 32768, Min: 131072, TCPEstablished: 24 * time.Hour, TCPCloseWait: time.Hour}}
 }
@@ -70,6 +71,8 @@ func (o *daemonOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.master, "master", "", "The address of the Kubernetes API server (overrides the kubeconfig)")
 	fs.DurationVar(&o.syncPeriod, "iptables-sync-period", o.syncPeriod, "The longest time between checks that the rules are intact and retries of a failed sync")
 	fs.DurationVar(&o.minSyncPeriod, "iptables-min-sync-period", o.minSyncPeriod, "The least time between two syncs; changes inside it are applied together")
+	fs.Float64Var(&o.cpuShare, "sync-cpu-share", o.cpuShare, "The share of one core the sync loops and their iptables processes may use on average under sustained churn: "+
+		"syncs are spaced out (changes applied together) to keep to it, while a quiet node syncs at once (0: no limit)")
 	fs.StringVar(&o.backend, "iptables-backend", o.backend, "iptables backend: auto (whichever the host uses), legacy or nft")
 	fs.IntVar(&o.maxRestore, "iptables-max-restore-rules", o.maxRestore, "The most rules one iptables-restore writes or deletes; bigger changes are applied in consistent steps (-1: by backend, "+
 		fmt.Sprintf("%d on nf_tables, unbounded on legacy; 0: unbounded)", proxier.DefaultMaxRestoreRulesNFT))
@@ -101,6 +104,9 @@ func (o *daemonOptions) Validate() error {
 	}
 	if o.minSyncPeriod < 0 || o.minSyncPeriod > o.syncPeriod {
 		return usagef("--iptables-min-sync-period must be between 0 and --iptables-sync-period")
+	}
+	if o.cpuShare < 0 {
+		return usagef("--sync-cpu-share must not be negative")
 	}
 	switch iptables.Backend(o.backend) {
 	case iptables.BackendAuto, iptables.BackendLegacy, iptables.BackendNFT:
@@ -357,7 +363,7 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 	filter := o.filter()
 	filter.DropExternalIPs = !o.kp.effectiveGates.Enabled(features.AllowServiceExternalIPs)
 	tracker := watch.NewTracker(logger, filter, o.hostname, nil, reporter)
-	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: o.minSyncPeriod, SyncPeriod: o.syncPeriod, FullSyncPeriod: time.Hour}, tracker, syncers...)
+	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: o.minSyncPeriod, CPUShare: o.cpuShare, SyncPeriod: o.syncPeriod, FullSyncPeriod: time.Hour}, tracker, syncers...)
 	tracker.SetNotify(p.RequestSync)
 	p.HostAddrs = func() []netip.Addr {
 		addrs, err := hostpkg.InterfaceAddrs()

@@ -6,6 +6,8 @@
 package metrics
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -94,7 +96,22 @@ var (
 	IntegrityChecks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "integrity_checks_total",
 		Help: "Checks that the programmed rules are still on the host, by result: intact, broken (a full sync follows) or busy (another program held the xtables lock; nothing seen)"},
 		[]string{"ip_family", "result"})
+	SyncCPUThrottled = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "sync_cpu_throttled_seconds_total",
+		Help: "Time syncs waited for the CPU budget (--sync-cpu-share) under sustained churn; the changes of that time were applied together"},
+		[]string{"ip_family"})
+	SyncCPUBudget = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "switchyard", Name: "sync_cpu_budget_seconds",
+		Help: "CPU-seconds left in the sync loops' budget (negative: owed; 0 without --sync-cpu-share)"}, func() float64 {
+		if f := cpuBudgetFunc.Load(); f != nil {
+			return (*f)()
+		}
+		return 0
+	})
 )
+
+var cpuBudgetFunc atomic.Pointer[func() float64]
+
+// SetCPUBudgetFunc sets what switchyard_sync_cpu_budget_seconds reports.
+func SetCPUBudgetFunc(f func() float64) { cpuBudgetFunc.Store(&f) }
 
 func init() {
 	Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -103,5 +120,5 @@ func init() {
 		RestoreFailures, PartialRestoreFailures, RulesTotal, RulesLast, NoLocalEndpoints, HealthzTotal, LivezTotal,
 		ConntrackReconcileDuration, ConntrackDeleted,
 		RestoreBytes, Syncs, ChainsWritten, ChainsDeleted, RulesByLevel, ConntrackEntriesDeleted, QuarantinedServices,
-		PendingServicePorts, RestoreDuration, IntegrityChecks, SyncPhaseDuration)
+		PendingServicePorts, RestoreDuration, IntegrityChecks, SyncPhaseDuration, SyncCPUThrottled, SyncCPUBudget)
 }

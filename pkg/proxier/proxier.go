@@ -31,6 +31,10 @@ type LoopConfig struct {
 	SyncPeriod time.Duration
 	// FullSyncPeriod is the longest between two full syncs.
 	FullSyncPeriod time.Duration
+	// CPUShare, when positive, is the share of one core the sync loops
+	// and their iptables processes may use on average under sustained
+	// churn; syncs are spaced out to keep to it (see cpuBudget).
+	CPUShare float64
 }
 
 // Proxier runs the sync loops, one per IP family, as kube-proxy does: each
@@ -42,6 +46,7 @@ type Proxier struct {
 	source  SnapshotSource
 	syncers []*Syncer
 	loops   []*familyLoop
+	budget  *cpuBudget
 	// snapMu serialises taking snapshots: each hands over the trigger times
 	// of the changes it folds in, which every family must see once.
 	snapMu sync.Mutex
@@ -91,7 +96,11 @@ func New(cfg LoopConfig, source SnapshotSource, syncers ...*Syncer) *Proxier {
 	if cfg.SyncPeriod <= 0 {
 		cfg.SyncPeriod = 30 * time.Second
 	}
-	p := &Proxier{cfg: cfg, source: source, syncers: syncers, synced: make(chan struct{})}
+	p := &Proxier{cfg: cfg, source: source, syncers: syncers, synced: make(chan struct{}),
+		budget: newCPUBudget(cfg.CPUShare, cfg.SyncPeriod/2)}
+	if p.budget != nil {
+		metrics.SetCPUBudgetFunc(p.budget.Balance)
+	}
 	for _, s := range syncers {
 		p.loops = append(p.loops, &familyLoop{s: s, requests: make(chan struct{}, 1)})
 	}
@@ -246,7 +255,9 @@ func (p *Proxier) syncFamily(ctx context.Context, l *familyLoop) (more bool, _ e
 	}
 	p.mu.Unlock()
 	snap := p.snapshotFor(l)
+	charge := p.budget.Start()
 	res, err := s.Sync(ctx, snap)
+	charge()
 	if err != nil {
 		logger.Error(err, "Sync failed; the next sync will be full", "family", s.Config.Family)
 	} else {
@@ -342,14 +353,8 @@ func (p *Proxier) runFamily(ctx context.Context, l *familyLoop) {
 	var retry <-chan time.Time
 	for {
 		if pending {
-			if wait := p.cfg.MinSyncPeriod - time.Since(lastStart); wait > 0 {
-				t := time.NewTimer(wait)
-				select {
-				case <-ctx.Done():
-					t.Stop()
-					return
-				case <-t.C:
-				}
+			if !p.waitToSync(ctx, l, lastStart) {
+				return
 			}
 			select { // this sync covers any request made so far
 			case <-l.requests:
@@ -386,6 +391,37 @@ func (p *Proxier) runFamily(ctx context.Context, l *familyLoop) {
 			if failing {
 				pending = true
 			}
+		}
+	}
+}
+
+// waitToSync waits until the family's next sync may start: MinSyncPeriod
+// after the last one started, and the CPU budget not in deficit (checked
+// again after each wait: the other family's sync may have spent it
+// meanwhile). It returns false when ctx ends first.
+func (p *Proxier) waitToSync(ctx context.Context, l *familyLoop, lastStart time.Time) bool {
+	family := string(l.s.Config.Family)
+	for {
+		wait := p.cfg.MinSyncPeriod - time.Since(lastStart)
+		throttle := p.budget.Delay()
+		if throttle > wait {
+			wait = throttle
+		} else {
+			throttle = 0
+		}
+		if wait <= 0 {
+			return true
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		if throttle > 0 {
+			metrics.SyncCPUThrottled.WithLabelValues(family).Add(throttle.Seconds())
+			klog.FromContext(ctx).V(2).Info("Sync waited for the CPU budget", "family", family, "wait", throttle)
 		}
 	}
 }
