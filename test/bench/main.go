@@ -47,6 +47,11 @@ const (
 type options struct {
 	sizes     []int
 	endpoints int
+	// nodes is how many nodes the loaded Services' endpoints are spread
+	// over (the node under test holds 1/nodes of them); 1 puts them all on
+	// the node under test (-shape local).
+	nodes     int
+	churn     time.Duration
 	backends  []string
 	proxies   []string
 	changes   int
@@ -66,6 +71,10 @@ func main() {
 	proxies := flag.String("proxies", "switchyard,kube-proxy", "proxies to compare, comma-separated")
 	flag.IntVar(&o.endpoints, "endpoints", 10, "endpoints per Service")
 	flag.IntVar(&o.changes, "changes", 50, "timed changes per latency measurement")
+	shape := flag.String("shape", "spread", "where the loaded endpoints are: spread (over -nodes nodes, as in a real cluster: the node under test holds 1/nodes of them, "+
+		"the others answer from one namespace standing for the rest of the cluster) or local (all on the node under test)")
+	flag.IntVar(&o.nodes, "nodes", 50, "with -shape spread: the nodes of the cluster")
+	flag.DurationVar(&o.churn, "churn", 3*time.Minute, "length of the churn phase (a steady 10 endpoint changes per second); 0 skips it")
 	flag.DurationVar(&o.phaseCap, "phase-cap", 20*time.Minute, "time cap of one (size, backend, proxy) phase")
 	flag.StringVar(&o.out, "out", "results", "folder for the JSON results")
 	flag.StringVar(&o.repo, "repo", ".", "the repository root")
@@ -99,6 +108,16 @@ func main() {
 		o.sizes = append(o.sizes, n)
 	}
 	o.extra = strings.Fields(*extra)
+	switch *shape {
+	case "local":
+		o.nodes = 1
+	case "spread":
+		if o.nodes < 2 || o.nodes > maxNodes {
+			fail("-nodes must be between 2 and %d", maxNodes)
+		}
+	default:
+		fail("bad -shape %q: spread or local", *shape)
+	}
 	o.backends = strings.Split(*backends, ",")
 	o.proxies = strings.Split(*proxies, ",")
 	for _, p := range []*string{&o.repo, &o.tools, &o.binary, &o.logs, &o.out} {
@@ -165,6 +184,9 @@ type env struct {
 	client   kubernetes.Interface
 	loads    int // namespaces loaded so far (each load uses a new one)
 	nodes    int
+	// remote stands for the cluster's other nodes: it answers on every
+	// address of their pod CIDRs (nil with -shape local).
+	remote *netns.NS
 }
 
 func run(owner *cluster.Owner, o options) []*Result {
@@ -186,6 +208,9 @@ func run(owner *cluster.Owner, o options) []*Result {
 		owner.Fatalf("RBAC: %v", err)
 	}
 	e.createNode(owner)
+	if o.nodes > 1 {
+		e.remote = e.newRemote(owner)
+	}
 	e.createProbes(owner)
 
 	if err := os.MkdirAll(o.out, 0o755); err != nil {
@@ -196,7 +221,10 @@ func run(owner *cluster.Owner, o options) []*Result {
 	for _, size := range o.sizes {
 		for _, backend := range o.backends {
 			for _, proxy := range o.proxies {
-				r := &Result{Proxy: proxy, Backend: backend, Services: size, Endpoints: o.endpoints,
+				if proxy == "kube-proxy-nft" && backend != o.backends[0] {
+					continue // nftables mode uses no iptables backend: once per size
+				}
+				r := &Result{Proxy: proxy, Backend: backend, Services: size, Endpoints: o.endpoints, Nodes: o.nodes,
 					Machine: machine(), Started: time.Now().UTC()}
 				results = append(results, r)
 				po := &cluster.Owner{}
@@ -260,12 +288,62 @@ func (e *env) createProbes(owner *cluster.Owner) {
 	}
 }
 
-func (e *env) servers() []string {
-	var out []string
-	for i := range e.o.endpoints {
-		out = append(out, serverIP(i%10))
+// endpoint is one endpoint's address and the node it is on.
+type endpoint struct{ addr, node string }
+
+func local(addrs ...string) []endpoint {
+	var out []endpoint
+	for _, a := range addrs {
+		out = append(out, endpoint{a, nodeName})
 	}
 	return out
+}
+
+// servers are the probe Services' endpoints: the ten server pods.
+func (e *env) servers() []endpoint {
+	var out []endpoint
+	for i := range e.o.endpoints {
+		out = append(out, endpoint{serverIP(i % 10), nodeName})
+	}
+	return out
+}
+
+// endpointsOf are loaded Service i's endpoints. Spread, they are dealt out
+// over the nodes round-robin, so the node under test holds 1/nodes of them
+// (server pods answering there) and the rest are on the other nodes, at
+// addresses of their pod CIDRs the remote namespace answers on.
+func (e *env) endpointsOf(i int) []endpoint {
+	var out []endpoint
+	for j := range e.o.endpoints {
+		k := (i*e.o.endpoints + j) % e.o.nodes
+		if k == 0 {
+			out = append(out, endpoint{serverIP((i*e.o.endpoints + j) / e.o.nodes % 10), nodeName})
+			continue
+		}
+		out = append(out, endpoint{fmt.Sprintf("10.244.%d.%d", remoteNet+k, 2+(i*e.o.endpoints+j)/e.o.nodes%250), fmt.Sprintf("bench-node-%d", k)})
+	}
+	return out
+}
+
+// The other nodes' pod CIDRs are 10.244.(remoteNet+k).0/24, all inside
+// remoteCIDR, which the node routes to the remote namespace.
+const (
+	remoteNet  = 128
+	remoteCIDR = "10.244.128.0/17"
+	remoteIP   = subnet + ".252"
+	maxNodes   = 128
+)
+
+// newRemote makes the namespace standing for the rest of the cluster: on
+// the underlay, every address of remoteCIDR local to it (so one listener
+// answers them all, as "remote"), its route back to the node's pods.
+func (e *env) newRemote(owner *cluster.Owner) *netns.NS {
+	ns := netns.NewNamed(owner, "swyb-remote")
+	e.underlay.Attach(owner, ns, "eth0", remoteIP+"/24")
+	ns.MustRun("ip", "route", "add", "local", remoteCIDR, "dev", "lo")
+	ns.MustRun("ip", "route", "add", podNet+".0/24", "via", nodeIP)
+	ns.ServeTCP(owner, ":8080", "remote")
+	return ns
 }
 
 func (e *env) createNamespace(owner *cluster.Owner, name string) {
@@ -278,7 +356,7 @@ func (e *env) createNamespace(owner *cluster.Owner, name string) {
 // createService makes a selectorless Service on port 80 and its
 // EndpointSlice with the given addresses (port 8080), and returns its
 // ClusterIP.
-func (e *env) createService(namespace, name string, addrs []string) (string, error) {
+func (e *env) createService(namespace, name string, addrs []endpoint) (string, error) {
 	ctx := context.Background()
 	svc, err := e.client.CoreV1().Services(namespace).Create(ctx, &v1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: name},
@@ -291,7 +369,7 @@ func (e *env) createService(namespace, name string, addrs []string) (string, err
 	return svc.Spec.ClusterIP, err
 }
 
-func slice(namespace, name string, addrs []string) *discovery.EndpointSlice {
+func slice(namespace, name string, addrs []endpoint) *discovery.EndpointSlice {
 	s := &discovery.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: namespace, Labels: map[string]string{
 			discovery.LabelServiceName: name, discovery.LabelManagedBy: "bench"}},
@@ -299,7 +377,7 @@ func slice(namespace, name string, addrs []string) *discovery.EndpointSlice {
 		Ports:       []discovery.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080), Protocol: ptr.To(v1.ProtocolTCP)}},
 	}
 	for _, a := range addrs {
-		s.Endpoints = append(s.Endpoints, discovery.Endpoint{Addresses: []string{a},
+		s.Endpoints = append(s.Endpoints, discovery.Endpoint{Addresses: []string{a.addr}, NodeName: ptr.To(a.node),
 			Conditions: discovery.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}})
 	}
 	return s
@@ -326,7 +404,7 @@ func (e *env) load(owner *cluster.Owner, n int) (string, map[string]string) {
 				var ip string
 				var err error
 				for try := 0; try < 5; try++ {
-					if ip, err = e.createService(ns, name, e.servers()); err == nil || apierrors.IsAlreadyExists(err) {
+					if ip, err = e.createService(ns, name, e.endpointsOf(i)); err == nil || apierrors.IsAlreadyExists(err) {
 						break
 					}
 				}
@@ -347,7 +425,7 @@ func (e *env) load(owner *cluster.Owner, n int) (string, map[string]string) {
 	if firstErr != nil {
 		owner.Fatalf("loading Services: %v", firstErr)
 	}
-	logf("loaded %d Services x %d endpoints into %s in %v", n, e.o.endpoints, ns, time.Since(start).Round(time.Second))
+	logf("loaded %d Services x %d endpoints (over %d nodes) into %s in %v", n, e.o.endpoints, e.o.nodes, ns, time.Since(start).Round(time.Second))
 	return ns, ips
 }
 

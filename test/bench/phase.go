@@ -27,6 +27,7 @@ type Result struct {
 	Backend   string    `json:"backend"`
 	Services  int       `json:"services"`
 	Endpoints int       `json:"endpointsPerService"`
+	Nodes     int       `json:"nodes,omitempty"` // the endpoints are spread over this many nodes (0 or 1: all local)
 	Machine   string    `json:"machine"`
 	Started   time.Time `json:"started"`
 	Error     string    `json:"error,omitempty"`
@@ -42,15 +43,29 @@ type Result struct {
 	// Connections per second from a pod to a ClusterIP.
 	ConnRateHandful float64 `json:"connectionsPerSecondHandful"`
 	ConnRateLoaded  float64 `json:"connectionsPerSecondLoaded"`
+	// The churn phase: a steady stream of endpoint changes for a few
+	// minutes; the proxy's CPU (with its children) as a percentage of one
+	// core, and timed changes made meanwhile.
+	ChurnSeconds       float64   `json:"churnSeconds,omitempty"`
+	ChurnChangesPerSec float64   `json:"churnChangesPerSecond,omitempty"`
+	ChurnCPUPercent    float64   `json:"churnCpuPercent,omitempty"`
+	ChurnRestores      int       `json:"churnRestores,omitempty"`
+	ChurnLatency       []float64 `json:"churnChangeToTrafficSeconds,omitempty"`
 	// Mass delete of all N Services.
 	MassDeleteTotal    float64 `json:"massDeleteSeconds"`
 	MassDeleteLongest  float64 `json:"massDeleteLongestRestoreSeconds"`
 	MassDeleteRestores int     `json:"massDeleteRestores"`
 	ChangeDuringDelete float64 `json:"changeDuringDeleteSeconds"`
-	// Resources of the proxy process.
+	MassDeleteCPU      float64 `json:"massDeleteCpuSeconds"`
+	// Resources of the proxy process, CPU with its iptables/nft children.
 	CPULoadSeconds float64 `json:"cpuSecondsToColdStart"`
 	IdleCPUPercent float64 `json:"idleCpuPercent"`
 	PeakRSSMB      float64 `json:"peakRssMB"`
+	// The size of what the proxy programmed, after the cold start: nat
+	// rules and chains (iptables), or the rules and chains of kube-proxy's
+	// nftables table.
+	NATRules  int `json:"natRules,omitempty"`
+	NATChains int `json:"natChains,omitempty"`
 	LoadSeconds    float64 `json:"apiLoadSeconds"`
 }
 
@@ -70,6 +85,11 @@ func (e *env) newNode(po *cluster.Owner, backend string) *bnode {
 	// fails in milliseconds: with no route, or an unreachable one, TCP
 	// would only give up after retransmitting its SYN a second later.
 	n.MustRun("iptables-"+backend, "-A", "FORWARD", "-d", cluster.ServiceCIDR, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
+	if e.remote != nil {
+		n.MustRun("ip", "route", "add", remoteCIDR, "via", remoteIP)
+		// The node before this one had the same address and another MAC.
+		e.remote.MustRun("ip", "neigh", "flush", "dev", "eth0")
+	}
 	for i := range 10 {
 		p := n.AddPod(po, serverIP(i))
 		p.ServeTCP(po, ":8080", fmt.Sprintf("server-%d", i))
@@ -117,7 +137,25 @@ exit $rc
 			}
 		}
 	}
-	return nil
+	// kube-proxy's nftables mode writes each transaction with "nft -f -"
+	// (and dry-runs some with --check first): those runs are its restores.
+	nft := fmt.Sprintf(`#!/bin/bash
+case " $* " in
+*" --check "*) exec /usr/sbin/nft "$@" ;;
+*" -f "*) ;;
+*) exec /usr/sbin/nft "$@" ;;
+esac
+f=$(mktemp)
+cat > "$f"
+t0=$(date +%%s%%N)
+/usr/sbin/nft "$@" < "$f"
+rc=$?
+t1=$(date +%%s%%N)
+echo "$t0 $t1 $(stat -c%%s "$f") $rc" >> %s
+rm -f "$f"
+exit $rc
+`, log)
+	return os.WriteFile(filepath.Join(dir, "nft"), []byte(nft), 0o755)
 }
 
 type restoreRun struct {
@@ -153,9 +191,13 @@ func (e *env) startProxy(po *cluster.Owner, n *bnode, proxy, backend string) (*c
 		args = []string{e.o.binary, "--kubeconfig=" + e.cp.ProxyKubeconfig, "--hostname-override=" + nodeName,
 			"--cluster-cidr=10.244.0.0/16", "--iptables-backend=" + backend, "--healthz-bind-address=", "--metrics-bind-address=127.0.0.1:10249", "-v=1"}
 		args = append(args, e.o.extra...)
-	case "kube-proxy":
+	case "kube-proxy", "kube-proxy-nft":
+		mode := "iptables"
+		if proxy == "kube-proxy-nft" {
+			mode = "nftables"
+		}
 		args = []string{filepath.Join(e.o.tools, "kube-proxy"), "--kubeconfig=" + e.cp.ProxyKubeconfig, "--hostname-override=" + nodeName,
-			"--cluster-cidr=10.244.0.0/16", "--proxy-mode=iptables", "--conntrack-max-per-core=0",
+			"--cluster-cidr=10.244.0.0/16", "--proxy-mode=" + mode, "--conntrack-max-per-core=0",
 			"--healthz-bind-address=0.0.0.0:10266", "--metrics-bind-address=127.0.0.1:10259", "--v=1"}
 	default:
 		po.Fatalf("unknown proxy %q", proxy)
@@ -290,6 +332,8 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		return true
 	})
 	r.CPULoadSeconds = cpuSeconds(pid)
+	r.NATRules, r.NATChains = n.tableSize(r.Proxy, r.Backend)
+	logf("  %d rules in %d chains", r.NATRules, r.NATChains)
 	logf("  cold start %.1fs, %.1f CPU s, peak RSS so far %.0f MB", r.ColdStart, r.CPULoadSeconds, peakRSS(pid))
 	if r.ColdStart < 0 {
 		r.PeakRSSMB = peakRSS(pid)
@@ -308,7 +352,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 			break
 		}
 		t0 := time.Now()
-		ip, err := e.createService(ns, fmt.Sprintf("new-%03d", i), []string{freshIP})
+		ip, err := e.createService(ns, fmt.Sprintf("new-%03d", i), local(freshIP))
 		if err != nil {
 			po.Fatalf("creating a Service: %v", err)
 		}
@@ -327,7 +371,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		}
 		name := svcName((i * 7919) % r.Services)
 		t0 := time.Now()
-		_, err := e.client.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, name, []string{freshIP}), metav1.UpdateOptions{})
+		_, err := e.client.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, name, local(freshIP)), metav1.UpdateOptions{})
 		if err != nil {
 			po.Fatalf("updating an EndpointSlice: %v", err)
 		}
@@ -353,10 +397,15 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	r.PeakRSSMB = peakRSS(pid)
 	logf("  %.0f connections/s with %d Services; peak RSS so far %.0f MB", r.ConnRateLoaded, r.Services, r.PeakRSSMB)
 
+	if e.o.churn > 0 {
+		e.churnPhase(po, r, n, pid, ns, deadline)
+	}
+
 	// Mass delete: the loaded namespace goes; a second later a new Service
 	// is created elsewhere, and must reach the node meanwhile.
 	e.createNamespace(po, "during")
 	delStart := time.Now()
+	delCPU := cpuSeconds(pid)
 	if err := e.client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 		po.Fatalf("deleting %s: %v", ns, err)
 	}
@@ -368,7 +417,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		defer wg.Done()
 		time.Sleep(time.Second) // the change comes one second into the delete, by design
 		t0 := time.Now()
-		ip, err := e.createService("during", fmt.Sprintf("during-%d", e.nodes), []string{freshIP})
+		ip, err := e.createService("during", fmt.Sprintf("during-%d", e.nodes), local(freshIP))
 		if err != nil {
 			return
 		}
@@ -382,6 +431,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		}
 		return true
 	})
+	r.MassDeleteCPU = cpuSeconds(pid) - delCPU
 	wg.Wait()
 	r.ChangeDuringDelete = during
 	for _, run := range n.restores(delStart) {
@@ -393,10 +443,99 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		// one running now.
 		r.MassDeleteLongest = -1
 	}
-	logf("  mass delete %s (%d restores, longest %s); a change meanwhile took %s",
-		fmtSec(r.MassDeleteTotal), r.MassDeleteRestores, fmtSec(r.MassDeleteLongest), fmtSec(r.ChangeDuringDelete))
+	logf("  mass delete %s (%d restores, longest %s, %.1f CPU s); a change meanwhile took %s",
+		fmtSec(r.MassDeleteTotal), r.MassDeleteRestores, fmtSec(r.MassDeleteLongest), r.MassDeleteCPU, fmtSec(r.ChangeDuringDelete))
 	r.PeakRSSMB = max(r.PeakRSSMB, peakRSS(pid))
 	logf("  peak RSS %.0f MB", r.PeakRSSMB)
+}
+
+// churnPhase changes a random loaded Service's endpoints ten times a
+// second for -churn (each change drops or restores its first endpoint),
+// and every five seconds times a change of its own Service to traffic.
+func (e *env) churnPhase(po *cluster.Owner, r *Result, n *bnode, pid int, ns string, deadline time.Time) {
+	ctx := context.Background()
+	ip, err := e.createService(ns, "churn-probe", local(serverIP(0)))
+	if err != nil {
+		po.Fatalf("creating the churn probe: %v", err)
+	}
+	if waitUntil(time.Now(), deadline, func() bool { return n.reaches(ip+":80", "server-0") }) < 0 {
+		return
+	}
+	stop := time.Now().Add(e.o.churn)
+	if stop.After(deadline) {
+		stop = deadline
+	}
+	start := time.Now()
+	cpu0 := cpuSeconds(pid)
+	var changes atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rng := rand.New(rand.NewSource(1))
+		dropped := map[int]bool{}
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for time.Now().Before(stop) {
+			<-tick.C
+			i := rng.Intn(r.Services)
+			eps := e.endpointsOf(i)
+			if dropped[i] = !dropped[i]; dropped[i] {
+				eps = eps[1:]
+			}
+			if _, err := e.client.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, svcName(i), eps), metav1.UpdateOptions{}); err == nil {
+				changes.Add(1)
+			}
+		}
+	}()
+	target, want := freshIP, "fresh"
+	for time.Now().Add(5 * time.Second).Before(stop) {
+		time.Sleep(5 * time.Second) // the pace of the timed changes, not a wait for a condition
+		t0 := time.Now()
+		if _, err := e.client.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, "churn-probe", local(target)), metav1.UpdateOptions{}); err != nil {
+			po.Fatalf("updating the churn probe: %v", err)
+		}
+		r.ChurnLatency = append(r.ChurnLatency, waitUntil(t0, deadline, func() bool { return n.reaches(ip+":80", want) }))
+		if target == freshIP {
+			target, want = serverIP(0), "server-0"
+		} else {
+			target, want = freshIP, "fresh"
+		}
+	}
+	<-done
+	r.ChurnSeconds = time.Since(start).Seconds()
+	r.ChurnCPUPercent = 100 * (cpuSeconds(pid) - cpu0) / r.ChurnSeconds
+	r.ChurnChangesPerSec = float64(changes.Load()) / r.ChurnSeconds
+	r.ChurnRestores = len(n.restores(start))
+	logf("  churn: %.1f changes/s for %.0f s: CPU %.0f%% of a core, %d restores; a change meanwhile p50 %s p99 %s",
+		r.ChurnChangesPerSec, r.ChurnSeconds, r.ChurnCPUPercent, r.ChurnRestores, fmtSec(pct(r.ChurnLatency, 50)), fmtSec(pct(r.ChurnLatency, 99)))
+}
+
+// tableSize counts the rules and chains the proxy programmed: the nat
+// table's, or kube-proxy's nftables table's.
+func (n *bnode) tableSize(proxy, backend string) (rules, chains int) {
+	if proxy == "kube-proxy-nft" {
+		out, _ := n.Run("nft", "-a", "list", "table", "ip", "kube-proxy")
+		for _, line := range strings.Split(out, "\n") {
+			t := strings.TrimSpace(line)
+			switch {
+			case strings.HasPrefix(t, "chain "):
+				chains++
+			case strings.Contains(t, "# handle") && !strings.HasPrefix(t, "table ") && !strings.HasPrefix(t, "set ") && !strings.HasPrefix(t, "map "):
+				rules++
+			}
+		}
+		return rules, chains
+	}
+	out, _ := n.Run("iptables-"+backend+"-save", "-t", "nat")
+	for _, line := range strings.Split(out, "\n") {
+		switch {
+		case strings.HasPrefix(line, "-A "):
+			rules++
+		case strings.HasPrefix(line, ":"):
+			chains++
+		}
+	}
+	return rules, chains
 }
 
 func (e *env) clusterIP(po *cluster.Owner, ns, name string) string {
@@ -423,7 +562,8 @@ func (e *env) waitNamespaceGone(po *cluster.Owner, ns string) {
 	}
 }
 
-// cpuSeconds is the process's user and system CPU time so far.
+// cpuSeconds is the user and system CPU time so far of the process and of
+// its children it has waited for (its iptables-restore or nft runs).
 func cpuSeconds(pid int) float64 {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -431,10 +571,13 @@ func cpuSeconds(pid int) float64 {
 	}
 	s := string(data)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	var utime, stime float64
-	fmt.Sscan(f[11], &utime)
-	fmt.Sscan(f[12], &stime)
-	return (utime + stime) / 100 // USER_HZ
+	var sum float64
+	for _, field := range f[11:15] { // utime, stime, cutime, cstime
+		var v float64
+		fmt.Sscan(field, &v)
+		sum += v
+	}
+	return sum / 100 // USER_HZ
 }
 
 // peakRSS is the process's peak resident memory (VmHWM) in MB.

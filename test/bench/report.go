@@ -63,65 +63,127 @@ var metrics = []metric{
 	{"connections/s, N Services", func(r *Result) float64 { return r.ConnRateLoaded }, num("%.0f"), false},
 	{"CPU seconds to cold start", func(r *Result) float64 { return r.CPULoadSeconds }, num("%.1f"), true},
 	{"idle CPU", func(r *Result) float64 { return r.IdleCPUPercent }, num("%.2f %%"), true},
+	{"churn: CPU, % of one core (10 changes/s)", func(r *Result) float64 { return r.ChurnCPUPercent }, num("%.0f %%"), true},
+	{"churn: restores", func(r *Result) float64 { return float64(r.ChurnRestores) }, num("%.0f"), true},
+	{"churn: a change to traffic p50", func(r *Result) float64 { return pct(r.ChurnLatency, 50) }, fmtSec, true},
+	{"churn: a change to traffic p99", func(r *Result) float64 { return pct(r.ChurnLatency, 99) }, fmtSec, true},
+	{"mass delete, CPU seconds", func(r *Result) float64 { return r.MassDeleteCPU }, num("%.1f"), true},
+	{"nat rules (nftables mode: its table's rules)", func(r *Result) float64 { return float64(r.NATRules) }, num("%.0f"), true},
+	{"nat chains", func(r *Result) float64 { return float64(r.NATChains) }, num("%.0f"), true},
 	{"peak RSS", func(r *Result) float64 { return r.PeakRSSMB }, num("%.0f MB"), true},
 }
 
-// printMarkdown writes the same comparison as Markdown tables.
+// proxyOrder is the order of the columns: switchyard first, then each
+// proxy it is compared with.
+var proxyOrder = []string{"switchyard", "kube-proxy", "kube-proxy-nft"}
+
+var proxyTitle = map[string]string{"switchyard": "switchyard", "kube-proxy": "kube-proxy (iptables)", "kube-proxy-nft": "kube-proxy (nftables)"}
+
+// present is the group's proxies in column order.
+func (g *group) present() []*Result {
+	var out []*Result
+	for _, p := range proxyOrder {
+		if r := g.proxies[p]; r != nil {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (g *group) title() string {
+	r := firstOf(g.present()...)
+	shape := "all endpoints local"
+	if r.Nodes > 1 {
+		shape = fmt.Sprintf("endpoints spread over %d nodes", r.Nodes)
+	}
+	return fmt.Sprintf("%d Services x %d endpoints, %s, %s", g.size, r.Endpoints, shape, g.backend)
+}
+
+// rows is the table of one group: a header, then per metric the values of
+// each proxy and how many times better switchyard is than each other one.
+func (g *group) rows() [][]string {
+	rs := g.present()
+	head := []string{g.title()}
+	for _, r := range rs {
+		head = append(head, proxyTitle[r.Proxy])
+	}
+	sy := g.proxies["switchyard"]
+	var others []*Result
+	if sy != nil {
+		for _, r := range rs[1:] {
+			others = append(others, r)
+			head = append(head, "better than "+proxyTitle[r.Proxy])
+		}
+	}
+	out := [][]string{head}
+	for _, m := range metrics {
+		row := []string{m.name}
+		for _, r := range rs {
+			row = append(row, m.unit(m.get(r)))
+		}
+		for _, o := range others {
+			row = append(row, ratio(m, sy, o))
+		}
+		out = append(out, row)
+	}
+	return out
+}
+
+func (g *group) errors() []string {
+	var out []string
+	for _, r := range g.present() {
+		if r.Error != "" {
+			out = append(out, fmt.Sprintf("%s failed: %s", r.Proxy, r.Error))
+		}
+	}
+	return out
+}
+
+// printMarkdown writes the comparison as Markdown tables.
 func printMarkdown(w io.Writer, results []*Result) {
 	for _, g := range groups(results) {
-		sy, kp := g.proxies["switchyard"], g.proxies["kube-proxy"]
-		fmt.Fprintf(w, "\n**%d Services x %d endpoints, %s**\n\n", g.size, firstOf(sy, kp).Endpoints, g.backend)
-		fmt.Fprintln(w, "| | switchyard | kube-proxy | switchyard better by |")
-		fmt.Fprintln(w, "| --- | --- | --- | --- |")
-		for _, m := range metrics {
-			a, b, ratio := cells(m, sy, kp)
-			fmt.Fprintf(w, "| %s | %s | %s | %s |\n", m.name, a, b, ratio)
-		}
-		for _, r := range []*Result{sy, kp} {
-			if r != nil && r.Error != "" {
-				fmt.Fprintf(w, "\n%s failed: %s\n", r.Proxy, r.Error)
+		rows := g.rows()
+		fmt.Fprintf(w, "\n**%s**\n\n", rows[0][0])
+		rows[0][0] = ""
+		for i, row := range rows {
+			fmt.Fprintf(w, "| %s |\n", strings.Join(row, " | "))
+			if i == 0 {
+				fmt.Fprintf(w, "|%s\n", strings.Repeat(" --- |", len(row)))
 			}
 		}
-	}
-}
-
-// cells formats one metric for both proxies and the ratio.
-func cells(m metric, sy, kp *Result) (a, b, ratio string) {
-	a, b = "-", "-"
-	var va, vb float64
-	if sy != nil {
-		va = m.get(sy)
-		a = m.unit(va)
-	}
-	if kp != nil {
-		vb = m.get(kp)
-		b = m.unit(vb)
-	}
-	if sy != nil && kp != nil && va > 0 && vb > 0 {
-		if m.lowerIsBetter {
-			ratio = fmt.Sprintf("%.1fx", vb/va)
-		} else {
-			ratio = fmt.Sprintf("%.2fx", va/vb)
+		for _, e := range g.errors() {
+			fmt.Fprintf(w, "\n%s\n", e)
 		}
 	}
-	return a, b, ratio
 }
 
-// printTable prints, per size and backend, each metric for both proxies
-// and how many times better switchyard is.
+// ratio is how many times better switchyard's value is than the other's.
+func ratio(m metric, sy, other *Result) string {
+	va, vb := m.get(sy), m.get(other)
+	switch {
+	case va > 0 && vb > 0 && m.lowerIsBetter:
+		return fmt.Sprintf("%.1fx", vb/va)
+	case va > 0 && vb > 0:
+		return fmt.Sprintf("%.2fx", va/vb)
+	case va > 0 && vb < 0 && m.lowerIsBetter:
+		return "over cap"
+	}
+	return ""
+}
+
+// printTable prints the comparison as aligned text.
 func printTable(w io.Writer, results []*Result) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	for _, g := range groups(results) {
-		sy, kp := g.proxies["switchyard"], g.proxies["kube-proxy"]
-		fmt.Fprintf(tw, "\n%d Services x %d endpoints, %s\tswitchyard\tkube-proxy\tswitchyard better by\n", g.size, firstOf(sy, kp).Endpoints, g.backend)
-		for _, m := range metrics {
-			a, b, ratio := cells(m, sy, kp)
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", m.name, a, b, ratio)
-		}
-		for _, r := range []*Result{sy, kp} {
-			if r != nil && r.Error != "" {
-				fmt.Fprintf(tw, "  %s failed: %s\t\t\t\n", r.Proxy, r.Error)
+		for i, row := range g.rows() {
+			indent := "  "
+			if i == 0 {
+				indent = "\n"
 			}
+			fmt.Fprintf(tw, "%s%s\n", indent, strings.Join(row, "\t"))
+		}
+		for _, e := range g.errors() {
+			fmt.Fprintf(tw, "  %s\n", e)
 		}
 	}
 	tw.Flush()
@@ -148,7 +210,7 @@ func groups(results []*Result) []*group {
 	var out []*group
 	index := map[[2]string]*group{}
 	for _, r := range results {
-		k := [2]string{fmt.Sprint(r.Services), r.Backend}
+		k := [2]string{fmt.Sprint(r.Services, "/", max(r.Nodes, 1)), r.Backend}
 		g := index[k]
 		if g == nil {
 			g = &group{size: r.Services, backend: r.Backend, proxies: map[string]*Result{}}
