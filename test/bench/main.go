@@ -50,18 +50,18 @@ type options struct {
 	// nodes is how many nodes the loaded Services' endpoints are spread
 	// over (the node under test holds 1/nodes of them); 1 puts them all on
 	// the node under test (-shape local).
-	nodes     int
-	churn     time.Duration
-	backends  []string
-	proxies   []string
-	changes   int
-	phaseCap  time.Duration
-	out       string
-	repo      string
-	tools     string
-	binary    string
-	logs      string
-	extra     []string // more switchyard flags, e.g. --profiling
+	nodes    int
+	churn    time.Duration
+	backends []string
+	proxies  []string
+	changes  int
+	phaseCap time.Duration
+	out      string
+	repo     string
+	tools    string
+	binary   string
+	logs     string
+	extra    []string // more switchyard flags, e.g. --profiling
 }
 
 func main() {

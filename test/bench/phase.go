@@ -64,9 +64,9 @@ type Result struct {
 	// The size of what the proxy programmed, after the cold start: nat
 	// rules and chains (iptables), or the rules and chains of kube-proxy's
 	// nftables table.
-	NATRules  int `json:"natRules,omitempty"`
-	NATChains int `json:"natChains,omitempty"`
-	LoadSeconds    float64 `json:"apiLoadSeconds"`
+	NATRules    int     `json:"natRules,omitempty"`
+	NATChains   int     `json:"natChains,omitempty"`
+	LoadSeconds float64 `json:"apiLoadSeconds"`
 }
 
 // bnode is one bench node: a namespace with pods, its restore log.
