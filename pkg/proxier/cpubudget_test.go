@@ -27,14 +27,14 @@ func (f *fakeCPU) budget(share float64, maxDelay time.Duration) *cpuBudget {
 
 func TestCPUBudgetDelaysOnlyInDeficit(t *testing.T) {
 	f := &fakeCPU{t: time.Unix(1000, 0)}
-	b := f.budget(0.25, time.Minute) // a bucket of 5 CPU-seconds
+	b := f.budget(0.25, time.Minute) // a bucket of 15 CPU-seconds
 	if d := b.Delay(); d != 0 {
 		t.Fatalf("a fresh budget delays by %v", d)
 	}
 	done := b.Start()
-	f.used += 4 * time.Second
+	f.used += 14 * time.Second
 	f.t = f.t.Add(4 * time.Second)
-	done() // 5 + 0 (full) - 4 = 1 left
+	done() // 15 + 0 (full) - 14 = 1 left
 	if d := b.Delay(); d != 0 {
 		t.Fatalf("delayed by %v with 1 CPU-second left", d)
 	}
@@ -50,8 +50,8 @@ func TestCPUBudgetDelaysOnlyInDeficit(t *testing.T) {
 	}
 	// A quiet spell refills the bucket, but no further than its size.
 	f.t = f.t.Add(time.Hour)
-	if got := b.Balance(); got != 5 {
-		t.Fatalf("balance %v after an hour, want the bucket's 5", got)
+	if got := b.Balance(); got != 15 {
+		t.Fatalf("balance %v after an hour, want the bucket's 15", got)
 	}
 }
 
@@ -65,8 +65,8 @@ func TestCPUBudgetChargesOverlappingSyncsOnce(t *testing.T) {
 	a()
 	f.used += time.Second
 	c()
-	if got := b.Balance(); got != 2 { // 5 - 3: the process used 3 CPU-seconds in all
-		t.Fatalf("balance %v, want 2 (overlapping syncs charged once)", got)
+	if got := b.Balance(); got != 12 { // 15 - 3: the process used 3 CPU-seconds in all
+		t.Fatalf("balance %v, want 12 (overlapping syncs charged once)", got)
 	}
 }
 
@@ -74,7 +74,7 @@ func TestCPUBudgetBoundsEachDelay(t *testing.T) {
 	f := &fakeCPU{t: time.Unix(1000, 0)}
 	b := f.budget(0.25, 10*time.Second)
 	done := b.Start()
-	f.used += time.Minute // a cold start far bigger than the bucket
+	f.used += 2 * time.Minute // a full sync far bigger than the bucket
 	done()
 	if d := b.Delay(); d != 10*time.Second {
 		t.Fatalf("delay %v, want the bound of 10s", d)
@@ -101,7 +101,7 @@ func TestCPUBudgetHoldsTheShareUnderSustainedChurn(t *testing.T) {
 		syncs++
 	}
 	elapsed := f.t.Sub(start).Seconds()
-	if limit := 0.25*elapsed + 5 + 0.3; f.used.Seconds() > limit {
+	if limit := 0.25*elapsed + 15 + 0.3; f.used.Seconds() > limit {
 		t.Errorf("%d syncs used %.1f CPU-seconds in %.0f s, more than the share allows (%.1f)", syncs, f.used.Seconds(), elapsed, limit)
 	}
 	if f.used.Seconds() < 0.25*elapsed-1 {
@@ -131,12 +131,16 @@ func TestLoopWaitsForTheCPUBudget(t *testing.T) {
 	src := &fixedSource{snap: NewSnapshot()}
 	p := New(LoopConfig{SyncPeriod: time.Hour}, src, NewSyncer(defaultConfig(), fake))
 	var used atomic.Int64
-	p.budget = &cpuBudget{share: 1, burst: 0.1, maxDelay: time.Hour, now: time.Now,
-		// each sync is charged 0.4 CPU-seconds: Start reads once, done once
-		used: func() time.Duration { return time.Duration(used.Add(int64(200 * time.Millisecond))) }}
+	p.budget = &cpuBudget{share: 1, burst: 0.1, balance: 0.1, maxDelay: time.Hour, now: time.Now,
+		// each sync is charged 0.4 CPU-seconds: the difference between the
+		// reading when it starts and the one when it is done
+		used: func() time.Duration { return time.Duration(used.Add(int64(400 * time.Millisecond))) }}
 	p.budget.refilled = time.Now()
 	go p.Run(ctx)
 	<-p.Synced()
+	if got := p.budget.Balance(); got != 0.1 {
+		t.Fatalf("balance %v after the first sync, want the full 0.1: a cold start is not charged", got)
+	}
 	_, _, before := p.Status()
 	start := time.Now()
 	var last *Snapshot
@@ -155,5 +159,45 @@ func TestLoopWaitsForTheCPUBudget(t *testing.T) {
 	// no more than about one sync per 400 ms, plus the one the bucket allows.
 	if n := after - before; n > int(time.Since(start)/(400*time.Millisecond))+2 {
 		t.Errorf("%d syncs in %v: the budget did not space them out", n, time.Since(start))
+	}
+}
+
+// slowHost is a host whose restores take a set time, as a restore into a
+// big nf_tables table does.
+type slowHost struct {
+	*iptables.Fake
+	took time.Duration
+}
+
+func (h *slowHost) Restore(ctx context.Context, text []byte) error {
+	time.Sleep(h.took) // the restore's cost, not a wait for a condition
+	return h.Fake.Restore(ctx, text)
+}
+
+// A Service and then its EndpointSlice a few milliseconds later, on a node
+// where a sync takes 200 ms: one sync applies both, instead of a sync for
+// the Service alone and a second for its endpoints.
+func TestAChangeWaitsBrieflyForItsPair(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	host := &slowHost{Fake: iptables.NewFake(), took: 200 * time.Millisecond}
+	src := &fixedSource{snap: NewSnapshot()}
+	p := New(LoopConfig{SyncPeriod: time.Hour}, src, NewSyncer(defaultConfig(), host))
+	go p.Run(ctx)
+	<-p.Synced()
+	_, _, before := p.Status()
+	alone := NewSnapshot()
+	addService(alone, "web", "10.96.0.10", 0)
+	src.set(alone)
+	p.RequestSync()
+	time.Sleep(5 * time.Millisecond) // the gap between the two API objects, not a wait for a condition
+	both := NewSnapshot()
+	addService(both, "web", "10.96.0.10", 2)
+	src.set(both)
+	p.RequestSync()
+	want := wantChains(Render(both, defaultConfig()))
+	wait.For(t, "the Service with its endpoints", 10*time.Second, func() bool { return equalChains(swyChains(host.Fake), want) })
+	if _, _, after := p.Status(); after-before != 1 {
+		t.Errorf("%d syncs for a Service and its EndpointSlice 5 ms apart, want 1", after-before)
 	}
 }

@@ -117,6 +117,8 @@ type familyLoop struct {
 	pendingSince time.Time
 	lastErr      error
 	synced       bool
+	// lastTook is how long the last sync took (guarded by Proxier.mu).
+	lastTook time.Duration
 	// triggers are change trigger times other families' snapshots took
 	// first (guarded by Proxier.snapMu).
 	triggers []time.Time
@@ -255,9 +257,16 @@ func (p *Proxier) syncFamily(ctx context.Context, l *familyLoop) (more bool, _ e
 	}
 	p.mu.Unlock()
 	snap := p.snapshotFor(l)
-	charge := p.budget.Start()
+	p.mu.Lock()
+	first := !l.synced
+	p.mu.Unlock()
+	charge := func() {}
+	if !first { // a cold start is not churn: the budget is for what follows
+		charge = p.budget.Start()
+	}
 	res, err := s.Sync(ctx, snap)
 	charge()
+	took := time.Since(start)
 	if err != nil {
 		logger.Error(err, "Sync failed; the next sync will be full", "family", s.Config.Family)
 	} else {
@@ -273,6 +282,7 @@ func (p *Proxier) syncFamily(ctx context.Context, l *familyLoop) (more bool, _ e
 	p.mu.Lock()
 	p.lastSync = time.Now()
 	l.lastErr = err
+	l.lastTook = took
 	p.syncCount++
 	if err == nil && !l.pendingSince.IsZero() && !l.pendingSince.After(start) {
 		l.pendingSince = time.Time{}
@@ -395,14 +405,27 @@ func (p *Proxier) runFamily(ctx context.Context, l *familyLoop) {
 	}
 }
 
+// maxSettle bounds how long a change waits for the next one (see
+// waitToSync).
+const maxSettle = 50 * time.Millisecond
+
 // waitToSync waits until the family's next sync may start: MinSyncPeriod
-// after the last one started, and the CPU budget not in deficit (checked
-// again after each wait: the other family's sync may have spent it
-// meanwhile). It returns false when ctx ends first.
+// after the last one started; a quarter of the last sync's time (at most
+// maxSettle) after the oldest pending change, because changes come in
+// pairs (a new Service, then its EndpointSlice a few milliseconds later)
+// and a second sync would cost the whole sync again; and the CPU budget
+// not in deficit (checked again after each wait: the other family's sync
+// may have spent it meanwhile). It returns false when ctx ends first.
 func (p *Proxier) waitToSync(ctx context.Context, l *familyLoop, lastStart time.Time) bool {
 	family := string(l.s.Config.Family)
 	for {
 		wait := p.cfg.MinSyncPeriod - time.Since(lastStart)
+		p.mu.Lock()
+		settle := min(l.lastTook/4, maxSettle)
+		if !l.pendingSince.IsZero() {
+			wait = max(wait, settle-time.Since(l.pendingSince))
+		}
+		p.mu.Unlock()
 		throttle := p.budget.Delay()
 		if throttle > wait {
 			wait = throttle

@@ -28,8 +28,8 @@ func TestRemoteEndpointsAreOneRule(t *testing.T) {
 	}
 	remote := EndpointChainName(name, Endpoint{Addr: netip.MustParseAddr("10.244.2.5"), Port: 8080})
 	for _, want := range []string{
-		"-m recent --name " + remote + " --rcheck --seconds 10800 --reap -m tcp -m recent --name " + remote + " --set -j DNAT --to-destination 10.244.2.5:8080",
-		"-m tcp -m recent --name " + remote + " --set -j DNAT --to-destination 10.244.2.5:8080",
+		"-m recent --name " + remote + " --rcheck --seconds 10800 --reap -m recent --name " + remote + " --set -j DNAT --to-destination 10.244.2.5:8080",
+		"--probability 0.3333333333 -m recent --name " + remote + " --set -j DNAT --to-destination 10.244.2.5:8080",
 	} {
 		if !strings.Contains(text, want) {
 			t.Errorf("the remote endpoint's rules lack %q:\n%s", want, text)

@@ -1,12 +1,16 @@
 // Command bench is `make bench`: it compares switchyard with upstream
-// kube-proxy (iptables mode, built by the e2e tools module) on identical
-// network-namespace nodes against a real control plane, with real
-// connections, at N Services x M endpoints, on both iptables backends.
+// kube-proxy (iptables and nftables modes, built by the e2e tools module)
+// on identical network-namespace nodes against a real control plane, with
+// real connections, at N Services x M endpoints, on both iptables backends.
+// By default the endpoints are spread over 50 nodes as in a real cluster:
+// the node under test holds a fiftieth of them (real pods answering there)
+// and one more namespace answers for the other 49 nodes' pod addresses.
 //
 // Each (size, backend, proxy) phase gets a fresh node and the machine to
 // itself, and a time cap: a measurement that does not finish within it is
-// reported as over the cap. Every restore either proxy runs goes through a
-// wrapper on its PATH that logs its input size and duration. The results
+// reported as over the cap. Every restore a proxy runs (iptables-restore,
+// or nft -f) goes through a wrapper on its PATH that logs its input size
+// and duration. The results
 // are printed as one table and written as JSON under -out.
 package main
 
@@ -68,7 +72,7 @@ func main() {
 	var o options
 	sizes := flag.String("sizes", "1000,10000", "Service counts to load, comma-separated")
 	backends := flag.String("backends", "nft,legacy", "iptables backends, comma-separated")
-	proxies := flag.String("proxies", "switchyard,kube-proxy", "proxies to compare, comma-separated")
+	proxies := flag.String("proxies", "switchyard,kube-proxy,kube-proxy-nft", "proxies to compare, comma-separated: switchyard, kube-proxy (iptables mode), kube-proxy-nft (nftables mode; run once per size, on the nft backend's kernel)")
 	flag.IntVar(&o.endpoints, "endpoints", 10, "endpoints per Service")
 	flag.IntVar(&o.changes, "changes", 50, "timed changes per latency measurement")
 	shape := flag.String("shape", "spread", "where the loaded endpoints are: spread (over -nodes nodes, as in a real cluster: the node under test holds 1/nodes of them, "+
@@ -221,8 +225,8 @@ func run(owner *cluster.Owner, o options) []*Result {
 	for _, size := range o.sizes {
 		for _, backend := range o.backends {
 			for _, proxy := range o.proxies {
-				if proxy == "kube-proxy-nft" && backend != o.backends[0] {
-					continue // nftables mode uses no iptables backend: once per size
+				if proxy == "kube-proxy-nft" && backend != "nft" {
+					continue // nftables mode uses no iptables backend: once per size, beside the nft one
 				}
 				r := &Result{Proxy: proxy, Backend: backend, Services: size, Endpoints: o.endpoints, Nodes: o.nodes,
 					Machine: machine(), Started: time.Now().UTC()}
