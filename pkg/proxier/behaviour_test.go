@@ -282,9 +282,11 @@ func chainRules(r *Rules, table, chain string) []string {
 }
 
 // Above LargeClusterEndpoints endpoints the per-endpoint rules lose their
-// comments (as in kube-proxy's large cluster mode), packets fare exactly as
-// before, the Service's own rules keep theirs, and the trace still names it.
-func TestLargeClusterDropsEndpointCommentsOnly(t *testing.T) {
+// comments (as in kube-proxy's large cluster mode) and so does the
+// masquerade check of the Service's chain, packets fare exactly as before,
+// the dispatch rule keeps its comment, and the trace still names the
+// Service.
+func TestLargeClusterDropsCommentsBelowTheDispatchRule(t *testing.T) {
 	build := func(services int) *Snapshot {
 		snap := NewSnapshot()
 		for i := 0; i < services; i++ {
@@ -316,6 +318,11 @@ func TestLargeClusterDropsEndpointCommentsOnly(t *testing.T) {
 	}
 	if j, s := commented(large); j != 0 || s != 0 {
 		t.Errorf("above %d endpoints: %d commented endpoint jumps, %d commented endpoint rules; want none", LargeClusterEndpoints, j, s)
+	}
+	for _, r := range chainRules(Render(large, defaultConfig()), TableNAT, ServiceChainName(n)) {
+		if strings.Contains(r, "--comment") {
+			t.Errorf("above %d endpoints the Service chain still has a commented rule: %s", LargeClusterEndpoints, r)
+		}
 	}
 	trSmall := tracePacket(t, small, defaultConfig(), otherPod, vip, "tcp")
 	trLarge := tracePacket(t, large, defaultConfig(), otherPod, vip, "tcp")

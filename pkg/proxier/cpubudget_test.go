@@ -174,6 +174,15 @@ func (h *slowHost) Restore(ctx context.Context, text []byte) error {
 	return h.Fake.Restore(ctx, text)
 }
 
+// awaitingSource says whether a Service waits for its first slice, as the
+// tracker does.
+type awaitingSource struct {
+	*fixedSource
+	awaiting atomic.Bool
+}
+
+func (a *awaitingSource) AwaitsEndpoints() bool { return a.awaiting.Load() }
+
 // A Service and then its EndpointSlice a few milliseconds later, on a node
 // where a sync takes 200 ms: one sync applies both, instead of a sync for
 // the Service alone and a second for its endpoints.
@@ -181,7 +190,7 @@ func TestAChangeWaitsBrieflyForItsPair(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	host := &slowHost{Fake: iptables.NewFake(), took: 200 * time.Millisecond}
-	src := &fixedSource{snap: NewSnapshot()}
+	src := &awaitingSource{fixedSource: &fixedSource{snap: NewSnapshot()}}
 	p := New(LoopConfig{SyncPeriod: time.Hour}, src, NewSyncer(defaultConfig(), host))
 	go p.Run(ctx)
 	<-p.Synced()
@@ -189,11 +198,13 @@ func TestAChangeWaitsBrieflyForItsPair(t *testing.T) {
 	alone := NewSnapshot()
 	addService(alone, "web", "10.96.0.10", 0)
 	src.set(alone)
+	src.awaiting.Store(true)
 	p.RequestSync()
 	time.Sleep(5 * time.Millisecond) // the gap between the two API objects, not a wait for a condition
 	both := NewSnapshot()
 	addService(both, "web", "10.96.0.10", 2)
 	src.set(both)
+	src.awaiting.Store(false)
 	p.RequestSync()
 	want := wantChains(Render(both, defaultConfig()))
 	wait.For(t, "the Service with its endpoints", 10*time.Second, func() bool { return equalChains(swyChains(host.Fake), want) })

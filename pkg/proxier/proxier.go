@@ -21,6 +21,12 @@ type SnapshotSource interface {
 	Snapshot() *Snapshot
 }
 
+// endpointWaiter is a SnapshotSource that can tell when a pending change is
+// a Service still waiting for its first EndpointSlice.
+type endpointWaiter interface {
+	AwaitsEndpoints() bool
+}
+
 // LoopConfig sets the sync loop's timing.
 type LoopConfig struct {
 	// MinSyncPeriod is the least time between two syncs; bursts of changes
@@ -410,22 +416,28 @@ func (p *Proxier) runFamily(ctx context.Context, l *familyLoop) {
 const maxSettle = 50 * time.Millisecond
 
 // waitToSync waits until the family's next sync may start: MinSyncPeriod
-// after the last one started; a quarter of the last sync's time (at most
-// maxSettle) after the oldest pending change, because changes come in
-// pairs (a new Service, then its EndpointSlice a few milliseconds later)
-// and a second sync would cost the whole sync again; and the CPU budget
-// not in deficit (checked again after each wait: the other family's sync
-// may have spent it meanwhile). It returns false when ctx ends first.
+// after the last one started; while a new Service waits for its first
+// EndpointSlice (which the EndpointSlice controller, or whoever made the
+// Service, creates milliseconds later), until the slice comes or a quarter
+// of the last sync's time (at most maxSettle) has passed since the change,
+// because a sync for the Service alone would cost the whole sync again;
+// and the CPU budget not in deficit (checked again after each wait: the
+// other family's sync may have spent it meanwhile). It returns false when
+// ctx ends first.
 func (p *Proxier) waitToSync(ctx context.Context, l *familyLoop, lastStart time.Time) bool {
 	family := string(l.s.Config.Family)
+	waiter, _ := p.source.(endpointWaiter)
 	for {
 		wait := p.cfg.MinSyncPeriod - time.Since(lastStart)
-		p.mu.Lock()
-		settle := min(l.lastTook/4, maxSettle)
-		if !l.pendingSince.IsZero() {
-			wait = max(wait, settle-time.Since(l.pendingSince))
+		var settle time.Duration
+		if waiter != nil && waiter.AwaitsEndpoints() {
+			p.mu.Lock()
+			if !l.pendingSince.IsZero() {
+				settle = min(l.lastTook/4, maxSettle) - time.Since(l.pendingSince)
+			}
+			p.mu.Unlock()
 		}
-		p.mu.Unlock()
+		wait = max(wait, settle)
 		throttle := p.budget.Delay()
 		if throttle > wait {
 			wait = throttle
@@ -440,6 +452,11 @@ func (p *Proxier) waitToSync(ctx context.Context, l *familyLoop, lastStart time.
 		case <-ctx.Done():
 			t.Stop()
 			return false
+		case <-l.requests:
+			// Another change: if it was the awaited EndpointSlice, stop
+			// settling; the sync that follows covers this request.
+			t.Stop()
+			continue
 		case <-t.C:
 		}
 		if throttle > 0 {

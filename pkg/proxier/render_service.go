@@ -246,6 +246,10 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 	// Masquerade off-cluster traffic to the cluster IP.
 	if hasInternal {
 		m := destMatch(vip, proto, svc.Port, str+" cluster IP")
+		if cfg.largeCluster { // the dispatch rule that jumps here names the Service
+			p := protoLower(proto)
+			m = ruleBuilder{"-d", hostPrefix(vip), "-p", p, "-m", p, "--dport", fmt.Sprint(svc.Port)}
+		}
 		if cfg.MasqueradeAll {
 			out.natRule(internalChain, m.add("-j", ChainMarkMasq))
 		} else if _, notLocal, ok := localMatch(snap, cfg); ok {
@@ -416,9 +420,12 @@ func remoteEndpoint(snap *Snapshot, ep Endpoint) bool {
 // cluster mode does. A comment is a 256-byte match in every rule that has
 // one: at 10,000 Services x 10 endpoints, leaving them out of the three
 // rules per endpoint takes about 80 MB off the nat table, which legacy
-// iptables copies in full on every restore. The Service's own rules (the
-// dispatch rule, the masquerade check of its SVC chain) keep theirs, so the
-// tracer and iptables-save still name the Service.
+// iptables copies in full on every restore, and the masquerade check of
+// each SVC chain loses its comment too (on nf_tables a comment is an
+// expression the kernel re-validates on every restore: 10,000 of them are
+// about a tenth of a one-chain restore). The dispatch rule that jumps to a
+// Service's chain keeps its comment, so the tracer, `explain` and
+// iptables-save still name the Service.
 const LargeClusterEndpoints = 1000
 
 // endpointComment is the comment of a per-endpoint rule, or nothing in a

@@ -231,6 +231,20 @@ func (t *Tracker) DeleteNode(name string) {
 	t.changed()
 }
 
+// AwaitsEndpoints reports whether a Service changed since the last snapshot
+// has no EndpointSlice yet: a new Service, whose slice usually follows
+// within milliseconds (the sync loop waits briefly for it).
+func (t *Tracker) AwaitsEndpoints() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for key := range t.svcChanges {
+		if _, ok := t.services[key]; ok && len(t.slices[key]) == 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // Snapshot returns the current desired state. The maps are new; the values
 // are shared and never mutated.
 func (t *Tracker) Snapshot() *proxier.Snapshot {

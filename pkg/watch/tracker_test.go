@@ -185,3 +185,29 @@ func TestSnapshotSortedNamesFollowServiceChanges(t *testing.T) {
 		t.Errorf("names after replacing a Service: %v", names)
 	}
 }
+
+func TestTrackerKnowsWhenAServiceAwaitsItsSlice(t *testing.T) {
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", func() {}, nil)
+	if tr.AwaitsEndpoints() {
+		t.Error("an empty tracker awaits endpoints")
+	}
+	tr.UpdateService(svc("web"))
+	if !tr.AwaitsEndpoints() {
+		t.Error("a new Service without a slice does not await one")
+	}
+	tr.UpdateSlice(slice("web-1", "web", "10.0.0.1"))
+	if tr.AwaitsEndpoints() {
+		t.Error("still awaiting after the Service's slice came")
+	}
+	tr.Snapshot()
+	tr.UpdateService(svc("lonely"))
+	tr.Snapshot()
+	if tr.AwaitsEndpoints() {
+		t.Error("a Service already synced without a slice is still awaited")
+	}
+	// A change to a Service that has its slice awaits nothing.
+	tr.UpdateService(svc("web"))
+	if tr.AwaitsEndpoints() {
+		t.Error("an update of a Service with a slice awaits endpoints")
+	}
+}
