@@ -33,7 +33,7 @@ import (
 const (
 	dispatchChainPrefix = "SWY-DSP-"
 	// DefaultDispatchLeafSize is the most rules a dispatch leaf holds.
-	DefaultDispatchLeafSize = 16
+	DefaultDispatchLeafSize = 48
 	nibble                  = 4
 )
 

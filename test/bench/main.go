@@ -54,18 +54,19 @@ type options struct {
 	// nodes is how many nodes the loaded Services' endpoints are spread
 	// over (the node under test holds 1/nodes of them); 1 puts them all on
 	// the node under test (-shape local).
-	nodes    int
-	churn    time.Duration
-	backends []string
-	proxies  []string
-	changes  int
-	phaseCap time.Duration
-	out      string
-	repo     string
-	tools    string
-	binary   string
-	logs     string
-	extra    []string // more switchyard flags, e.g. --profiling
+	nodes      int
+	churn      time.Duration
+	massDelete bool
+	backends   []string
+	proxies    []string
+	changes    int
+	phaseCap   time.Duration
+	out        string
+	repo       string
+	tools      string
+	binary     string
+	logs       string
+	extra      []string // more switchyard flags, e.g. --profiling
 }
 
 func main() {
@@ -78,6 +79,7 @@ func main() {
 	shape := flag.String("shape", "spread", "where the loaded endpoints are: spread (over -nodes nodes, as in a real cluster: the node under test holds 1/nodes of them, "+
 		"the others answer from one namespace standing for the rest of the cluster) or local (all on the node under test)")
 	flag.IntVar(&o.nodes, "nodes", 50, "with -shape spread: the nodes of the cluster")
+	flag.BoolVar(&o.massDelete, "mass-delete", true, "measure the mass delete (the namespace controller deletes the loaded Services at its own pace; without it they are deleted 32 at a time after the phase)")
 	flag.DurationVar(&o.churn, "churn", 3*time.Minute, "length of the churn phase (a steady 10 endpoint changes per second); 0 skips it")
 	flag.DurationVar(&o.phaseCap, "phase-cap", 20*time.Minute, "time cap of one (size, backend, proxy) phase")
 	flag.StringVar(&o.out, "out", "results", "folder for the JSON results")

@@ -302,6 +302,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	deleted := false
 	defer func() {
 		if !deleted {
+			e.emptyNamespace(ns)
 			_ = e.client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
 		}
 		e.waitNamespaceGone(po, ns)
@@ -399,6 +400,9 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 
 	if e.o.churn > 0 {
 		e.churnPhase(po, r, n, pid, ns, deadline)
+	}
+	if !e.o.massDelete {
+		return
 	}
 
 	// Mass delete: the loaded namespace goes; a second later a new Service
@@ -544,6 +548,35 @@ func (e *env) clusterIP(po *cluster.Owner, ns, name string) string {
 		po.Fatalf("%v", err)
 	}
 	return svc.Spec.ClusterIP + ":80"
+}
+
+// emptyNamespace deletes the namespace's EndpointSlices in one call and its
+// Services 32 at a time: the namespace controller deletes Services one by
+// one at its own pace (minutes for 30,000), which a phase that does not
+// measure the mass delete need not wait for.
+func (e *env) emptyNamespace(ns string) {
+	ctx := context.Background()
+	_ = e.client.DiscoveryV1().EndpointSlices(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+	list, err := e.client.CoreV1().Services(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return
+	}
+	work := make(chan string)
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range work {
+				_ = e.client.CoreV1().Services(ns).Delete(ctx, name, metav1.DeleteOptions{})
+			}
+		}()
+	}
+	for _, svc := range list.Items {
+		work <- svc.Name
+	}
+	close(work)
+	wg.Wait()
 }
 
 // waitNamespaceGone waits (up to ten minutes) for a deleted namespace to
