@@ -86,7 +86,7 @@ fuzz:
 	$(GO) test ./pkg/proxier -run '^$$' -fuzz '^FuzzDispatchTree$$' -fuzztime $(FUZZTIME)
 
 ## bench: Go benchmarks, then switchyard against upstream kube-proxy (iptables and nftables modes) at 1,000 and
-## 10,000 Services, endpoints spread over 50 nodes, on both backends (root; about two hours; not part of make test). BENCH_FLAGS passes options, e.g. -sizes 1000 -backends nft
+## 10,000 Services, endpoints spread over 50 nodes, on both backends (root; about 90 minutes; not part of make test). BENCH_FLAGS passes options, e.g. -sizes 1000 -backends nft
 BENCH_FLAGS ?=
 bench: setup build e2e-tools
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./pkg/proxier
