@@ -448,6 +448,16 @@ func (p *Proxier) waitToSync(ctx context.Context, l *familyLoop, lastStart time.
 			return true
 		}
 		t := time.NewTimer(wait)
+		began := time.Now()
+		// The time spent waiting for the budget, also when a new request
+		// cuts the wait short.
+		throttled := func() {
+			if throttle > 0 {
+				w := min(time.Since(began), throttle)
+				metrics.SyncCPUThrottled.WithLabelValues(family).Add(w.Seconds())
+				klog.FromContext(ctx).V(2).Info("Sync waited for the CPU budget", "family", family, "wait", w)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -456,13 +466,11 @@ func (p *Proxier) waitToSync(ctx context.Context, l *familyLoop, lastStart time.
 			// Another change: if it was the awaited EndpointSlice, stop
 			// settling; the sync that follows covers this request.
 			t.Stop()
+			throttled()
 			continue
 		case <-t.C:
 		}
-		if throttle > 0 {
-			metrics.SyncCPUThrottled.WithLabelValues(family).Add(throttle.Seconds())
-			klog.FromContext(ctx).V(2).Info("Sync waited for the CPU budget", "family", family, "wait", throttle)
-		}
+		throttled()
 	}
 }
 

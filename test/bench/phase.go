@@ -120,17 +120,7 @@ func writeWrappers(dir, backend, log string) error {
 				return err
 			}
 		}
-		script := fmt.Sprintf(`#!/bin/bash
-f=$(mktemp)
-cat > "$f"
-t0=$(date +%%s%%N)
-%s "$@" < "$f"
-rc=$?
-t1=$(date +%%s%%N)
-echo "$t0 $t1 $(stat -c%%s "$f") $rc" >> %s
-rm -f "$f"
-exit $rc
-`, real("-restore"), log)
+		script := timedScript("", real("-restore"), log)
 		for _, name := range []string{fam + "-restore", fam + "-" + backend + "-restore"} {
 			if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
 				return err
@@ -139,23 +129,29 @@ exit $rc
 	}
 	// kube-proxy's nftables mode writes each transaction with "nft -f -"
 	// (and dry-runs some with --check first): those runs are its restores.
-	nft := fmt.Sprintf(`#!/bin/bash
-case " $* " in
+	nft := timedScript(`case " $* " in
 *" --check "*) exec /usr/sbin/nft "$@" ;;
 *" -f "*) ;;
 *) exec /usr/sbin/nft "$@" ;;
 esac
-f=$(mktemp)
+`, "/usr/sbin/nft", log)
+	return os.WriteFile(filepath.Join(dir, "nft"), []byte(nft), 0o755)
+}
+
+// timedScript is a bash wrapper that runs first (which may exec the real
+// tool untimed), then runs real with its arguments and its input, and
+// appends "START END BYTES EXIT" (nanoseconds, input size) to log.
+func timedScript(first, real, log string) string {
+	return "#!/bin/bash\n" + first + fmt.Sprintf(`f=$(mktemp)
 cat > "$f"
 t0=$(date +%%s%%N)
-/usr/sbin/nft "$@" < "$f"
+%s "$@" < "$f"
 rc=$?
 t1=$(date +%%s%%N)
 echo "$t0 $t1 $(stat -c%%s "$f") $rc" >> %s
 rm -f "$f"
 exit $rc
-`, log)
-	return os.WriteFile(filepath.Join(dir, "nft"), []byte(nft), 0o755)
+`, real, log)
 }
 
 type restoreRun struct {
