@@ -82,12 +82,15 @@ func Snapshot(data []byte) *proxier.Snapshot {
 		neps := s.intn(5)
 		for e := 0; e < neps; e++ {
 			ep := proxier.Endpoint{Addr: s.addr(s.bool()), Port: int32(1 + s.intn(65535)), Ready: s.bool(), Serving: s.bool(), Terminating: s.bool(),
-				NodeName: []string{"", "node-a", "node-b"}[s.intn(3)], Zone: []string{"", "zone-a", "zone-b"}[s.intn(3)]}
+				NodeName: []string{"", "node-a", "node-b"}[s.intn(3)]}
 			if s.bool() {
-				ep.ZoneHints = []string{[]string{"zone-a", "zone-b"}[s.intn(2)]}
+				ep.Hints = &proxier.TopologyHints{Zones: []string{[]string{"zone-a", "zone-b"}[s.intn(2)]}}
 			}
 			if s.bool() {
-				ep.NodeHints = []string{[]string{"node-a", "node-b"}[s.intn(2)]}
+				if ep.Hints == nil {
+					ep.Hints = &proxier.TopologyHints{}
+				}
+				ep.Hints.Nodes = []string{[]string{"node-a", "node-b"}[s.intn(2)]}
 			}
 			snap.Endpoints[n] = append(snap.Endpoints[n], ep)
 		}

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"unique"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -265,17 +266,15 @@ func endpointFrom(e discovery.Endpoint, addr netip.Addr, port int32) Endpoint {
 	terminating := e.Conditions.Terminating != nil && *e.Conditions.Terminating
 	ep := Endpoint{Addr: addr, Port: port, Ready: ready, Serving: serving, Terminating: terminating}
 	if e.NodeName != nil {
-		ep.NodeName = *e.NodeName
+		ep.NodeName = unique.Make(*e.NodeName).Value()
 	}
-	if e.Zone != nil {
-		ep.Zone = *e.Zone
-	}
-	if e.Hints != nil {
+	if e.Hints != nil && (len(e.Hints.ForZones) > 0 || len(e.Hints.ForNodes) > 0) {
+		ep.Hints = &TopologyHints{}
 		for _, z := range e.Hints.ForZones {
-			ep.ZoneHints = append(ep.ZoneHints, z.Name)
+			ep.Hints.Zones = append(ep.Hints.Zones, unique.Make(z.Name).Value())
 		}
 		for _, n := range e.Hints.ForNodes {
-			ep.NodeHints = append(ep.NodeHints, n.Name)
+			ep.Hints.Nodes = append(ep.Hints.Nodes, unique.Make(n.Name).Value())
 		}
 	}
 	return ep

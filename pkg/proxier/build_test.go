@@ -134,7 +134,7 @@ func TestSliceEndpointsConditions(t *testing.T) {
 	if e := eps[2]; e.Ready || !e.Serving || !e.Terminating {
 		t.Errorf("terminating endpoint read as %+v", e)
 	}
-	if e := eps[3]; e.NodeName != "n1" || e.Zone != "z1" || len(e.ZoneHints) != 1 || e.Port != 8080 {
+	if e := eps[3]; e.NodeName != "n1" || len(e.zoneHints()) != 1 || e.Port != 8080 {
 		t.Errorf("topology fields read as %+v", e)
 	}
 

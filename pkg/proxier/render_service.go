@@ -89,14 +89,14 @@ func topologyMode(eps []Endpoint, nodeName, zone string) string {
 			continue
 		}
 		anyReady = true
-		if len(ep.NodeHints) == 0 {
+		if len(ep.nodeHints()) == 0 {
 			allNode = false
-		} else if slices.Contains(ep.NodeHints, nodeName) {
+		} else if slices.Contains(ep.nodeHints(), nodeName) {
 			forNode = true
 		}
-		if len(ep.ZoneHints) == 0 {
+		if len(ep.zoneHints()) == 0 {
 			allZone = false
-		} else if zone != "" && slices.Contains(ep.ZoneHints, zone) {
+		} else if zone != "" && slices.Contains(ep.zoneHints(), zone) {
 			forZone = true
 		}
 	}
@@ -114,9 +114,9 @@ func topologyMode(eps []Endpoint, nodeName, zone string) string {
 func availableForTopology(ep Endpoint, mode, nodeName, zone string) bool {
 	switch mode {
 	case topologySameNode:
-		return slices.Contains(ep.NodeHints, nodeName)
+		return slices.Contains(ep.nodeHints(), nodeName)
 	case topologySameZone:
-		return slices.Contains(ep.ZoneHints, zone)
+		return slices.Contains(ep.zoneHints(), zone)
 	}
 	return true
 }
