@@ -20,12 +20,16 @@ build:
 ## test: everything CI runs: setup, lint, unit, real-iptables and e2e tests, upstream's [Conformance] Services specs
 test: setup lint unit integration e2e conformance-ci
 
-## lint: gofmt, go vet (all modules), the kind config (kind's own types) and the workflow (actionlint)
-lint:
-	@out=$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go')); \
-	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
-	$(GO) vet ./...
-	cd hack/tools && $(GO) vet ./...
+## lint: golangci-lint v2 (pinned in hack/lint: gofmt, govet, staticcheck, unused, errcheck, ineffassign, gocritic;
+## .golangci.yml) on the main module and hack/tools, the kind config (kind's own types), the workflow (actionlint)
+## and the DaemonSet manifest
+GOLANGCI_LINT := bin/golangci-lint
+$(GOLANGCI_LINT): hack/lint/go.mod hack/lint/go.sum
+	cd hack/lint && $(GO) build -o ../../$(GOLANGCI_LINT) github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+
+lint: $(GOLANGCI_LINT)
+	$(GOLANGCI_LINT) run ./...
+	cd hack/tools && ../../$(GOLANGCI_LINT) run --config ../../.golangci.yml ./...
 	cd hack/tools && $(GO) run ./kindconfig ../../test/e2e/kind/cluster.yaml
 	cd hack/tools && $(GO) run github.com/rhysd/actionlint/cmd/actionlint ../../.github/workflows/e2e-kind.yaml
 	$(GO) run ./hack/checkdeploy deploy/daemonset.yaml

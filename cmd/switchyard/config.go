@@ -276,7 +276,7 @@ func ignoredFields(c *kpconfig.KubeProxyConfiguration) string {
 	}
 	var set []string
 	for name, v := range candidates {
-		if !reflect.ValueOf(v).IsZero() && !(name == "logging.options" && defaultLogOptions(c)) {
+		if !reflect.ValueOf(v).IsZero() && (name != "logging.options" || !defaultLogOptions(c)) {
 			set = append(set, name)
 		}
 	}

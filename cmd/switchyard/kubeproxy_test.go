@@ -131,7 +131,7 @@ func TestKubeProxyFlagValuesAsKubeProxyChecksThem(t *testing.T) {
 		}
 	}
 	// Refusals exit 2, as usage errors do.
-	if _, err, code := execute(t, "--feature-gates=NoSuchGate=true", "--kubeconfig=/dev/null"); code != 2 {
+	if _, code, err := execute(t, "--feature-gates=NoSuchGate=true", "--kubeconfig=/dev/null"); code != 2 {
 		t.Errorf("an unknown gate exits %d (%v), want 2", code, err)
 	}
 }
@@ -159,7 +159,7 @@ func TestWriteConfigToRoundTrips(t *testing.T) {
 	args := []string{"--write-config-to=" + path, "--hostname-override=node-a", "--cluster-cidr=10.244.0.0/16",
 		"--iptables-masquerade-bit=12", "--oom-score-adj=-500", "--feature-gates=AllowServiceExternalIPs=false",
 		"--nodeport-addresses=10.0.0.0/8", "--bind-address=10.0.0.7", "--iptables-min-sync-period=2s"}
-	if _, err, code := execute(t, args...); err != nil || code != 0 {
+	if _, code, err := execute(t, args...); err != nil || code != 0 {
 		t.Fatalf("--write-config-to: %v (exit %d)", err, code)
 	}
 	o := newDaemonOptions()
@@ -186,7 +186,7 @@ func TestWriteConfigToRoundTrips(t *testing.T) {
 }
 
 func TestVersionFlag(t *testing.T) {
-	out, err, code := execute(t, "--version")
+	out, code, err := execute(t, "--version")
 	if err != nil || code != 0 || !strings.HasPrefix(out, "switchyard ") {
 		t.Errorf("--version: %q %v %d", out, err, code)
 	}

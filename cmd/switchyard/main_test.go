@@ -10,9 +10,9 @@ import (
 	"testing"
 )
 
-// execute runs the command line and returns stdout, the error and the exit
-// code main would use.
-func execute(t *testing.T, args ...string) (string, error, int) {
+// execute runs the command line and returns stdout, the exit code main
+// would use and the error.
+func execute(t *testing.T, args ...string) (string, int, error) {
 	t.Helper()
 	cmd := newRootCommand()
 	var out bytes.Buffer
@@ -28,7 +28,7 @@ func execute(t *testing.T, args ...string) (string, error, int) {
 			code = 2
 		}
 	}
-	return out.String(), err, code
+	return out.String(), code, err
 }
 
 func writeFile(t *testing.T, content string) string {
@@ -43,7 +43,7 @@ func writeFile(t *testing.T, content string) string {
 const catalogue = "../../pkg/proxier/testdata/objects/"
 
 func TestRenderMatchesGolden(t *testing.T) {
-	out, err, _ := execute(t, "render", "-f", catalogue+"basic.yaml", "--cluster-cidr", "10.244.0.0/16", "--hostname-override", "node-a")
+	out, _, err := execute(t, "render", "-f", catalogue+"basic.yaml", "--cluster-cidr", "10.244.0.0/16", "--hostname-override", "node-a")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestBadInputExitsTwoNamingTheProblem(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			_, err, code := execute(t, c.args...)
+			_, code, err := execute(t, c.args...)
 			if code != 2 {
 				t.Fatalf("exit code %d (err %v), want 2", code, err)
 			}
@@ -99,7 +99,7 @@ func TestBadInputExitsTwoNamingTheProblem(t *testing.T) {
 }
 
 func TestExplainJSON(t *testing.T) {
-	out, err, _ := execute(t, "explain", "-f", catalogue+"basic.yaml", "--cluster-cidr", "10.244.0.0/16",
+	out, _, err := execute(t, "explain", "-f", catalogue+"basic.yaml", "--cluster-cidr", "10.244.0.0/16",
 		"--hostname-override", "node-a", "--from", "192.168.50.10", "--to", "10.96.0.10:80", "-o", "json")
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +119,7 @@ func TestExplainJSON(t *testing.T) {
 		t.Errorf("explain from the node: %+v", got)
 	}
 
-	out, err, _ = execute(t, "explain", "-f", catalogue+"basic.yaml", "--from", "10.244.3.3", "--to", "10.96.0.11:53", "--proto", "udp")
+	out, _, err = execute(t, "explain", "-f", catalogue+"basic.yaml", "--from", "10.244.3.3", "--to", "10.96.0.11:53", "--proto", "udp")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestExplainJSON(t *testing.T) {
 }
 
 func TestVersion(t *testing.T) {
-	out, err, _ := execute(t, "version")
+	out, _, err := execute(t, "version")
 	if err != nil || !strings.HasPrefix(out, "switchyard ") {
 		t.Errorf("version: %q %v", out, err)
 	}
@@ -137,7 +137,7 @@ func TestVersion(t *testing.T) {
 
 func TestRenderAndExplainIPv6(t *testing.T) {
 	args := []string{"-f", catalogue + "dualstack.yaml", "--cluster-cidr", "10.244.0.0/16,fd00:10:244::/48", "--hostname-override", "node-a", "--ip-family", "ipv6"}
-	out, err, _ := execute(t, append([]string{"render"}, args...)...)
+	out, _, err := execute(t, append([]string{"render"}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestRenderAndExplainIPv6(t *testing.T) {
 	if out != string(want) {
 		t.Errorf("render --ip-family ipv6 differs from dualstack-ipv6.golden:\n%s", out)
 	}
-	out, err, _ = execute(t, append([]string{"explain", "--from", "fd00:10:244:3::9", "--to", "[fd00:96::70:1]:80"}, args...)...)
+	out, _, err = execute(t, append([]string{"explain", "--from", "fd00:10:244:3::9", "--to", "[fd00:96::70:1]:80"}, args...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

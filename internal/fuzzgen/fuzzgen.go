@@ -7,6 +7,7 @@ package fuzzgen
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	v1 "k8s.io/api/core/v1"
 
@@ -49,7 +50,7 @@ func Snapshot(data []byte) *proxier.Snapshot {
 	snap.Node = proxier.NodeInfo{Name: "node-a", Known: s.bool(), Zone: []string{"", "zone-a", "zone-b"}[s.intn(3)],
 		Addresses: []netip.Addr{netip.MustParseAddr("192.168.0.1"), netip.MustParseAddr("fd00::1")},
 		PodCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.244.1.0/24")}}
-	snap.HostAddrs = append(snap.Node.Addresses, netip.MustParseAddr("127.0.0.1"))
+	snap.HostAddrs = slices.Concat(snap.Node.Addresses, []netip.Addr{netip.MustParseAddr("127.0.0.1")})
 	protos := []v1.Protocol{v1.ProtocolTCP, v1.ProtocolUDP, v1.ProtocolSCTP}
 	nsvc := 1 + s.intn(6)
 	for i := 0; i < nsvc; i++ {

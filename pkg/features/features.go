@@ -106,7 +106,7 @@ func New(values map[string]bool) (Gates, error) {
 		case "DEPRECATED":
 			g.Warnings = append(g.Warnings, fmt.Sprintf("Setting deprecated feature gate %s=%t. It will be removed in a future release.", n, v))
 		}
-		if !honoured[n] && !(spec.Locked && v == spec.Default) {
+		if !honoured[n] && (!spec.Locked || v != spec.Default) {
 			notApplying = append(notApplying, fmt.Sprintf("%s=%t", n, v))
 		}
 	}

@@ -54,15 +54,16 @@ func CleanupText(table string, save []byte, owned Owner) string {
 		return ""
 	}
 	var out strings.Builder
-	fmt.Fprintf(&out, "*%s\n", table)
+	w := NewRestoreWriter(&out)
+	w.Table(table)
 	for _, c := range ours {
-		fmt.Fprintf(&out, ":%s - [0:0]\n", c)
+		w.DeclareChain(c)
 	}
 	out.WriteString(b.String())
 	for _, c := range ours {
-		fmt.Fprintf(&out, "-X %s\n", c)
+		w.DeleteChain(c)
 	}
-	out.WriteString("COMMIT\n")
+	w.Commit()
 	return out.String()
 }
 

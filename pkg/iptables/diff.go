@@ -129,7 +129,7 @@ func (r *Runner) CanonicalSave(ctx context.Context, restoreText string) (string,
 	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", name).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("creating a scratch namespace: %w: %s", err, out)
 	}
-	defer exec.Command("ip", "netns", "del", name).Run()
+	defer func() { _ = exec.Command("ip", "netns", "del", name).Run() }()
 	// A rule naming an nfacct counter loads only where the counter exists.
 	if err := ensureNFAcctIn(name, nfacctNames(restoreText)); err != nil {
 		return "", err

@@ -240,10 +240,10 @@ func (t *tracer) runChain(tbl *Table, chain string, s state, depth int) []state 
 			m := *yes
 			m.path = append(m.path, Step{Table: tbl.Name, Chain: chain, Rule: i + 1, Text: r.Text, Comment: r.Comment()})
 			for _, res := range t.target(tbl, r, m, depth) {
-				switch {
-				case res.verdict == "":
+				switch res.verdict {
+				case "":
 					next = append(next, res)
-				case res.verdict == "RETURN":
+				case "RETURN":
 					res.verdict = ""
 					done = append(done, res)
 				default:

@@ -90,6 +90,11 @@ func TestOffClusterSourceIsMasqueraded(t *testing.T) {
 
 func TestHairpinIsMasqueraded(t *testing.T) {
 	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig(), podA, webVIP, "tcp")
+	// Both endpoints must be reached, or a trace with no outcomes (a rule
+	// set that drops the Service) would pass.
+	if got := tr.Endpoints(); !reflect.DeepEqual(got, webEPs) {
+		t.Fatalf("endpoints = %v, want %v\n%s", got, webEPs, tr.Text())
+	}
 	for _, o := range tr.Outcomes {
 		switch o.DNAT {
 		case "10.244.1.5:8080":

@@ -35,7 +35,9 @@ func spreadSnapshot(n, m, nodes int) *Snapshot {
 	snap.Node.PodCIDRs = []netip.Prefix{netip.MustParsePrefix("10.245.0.0/16")}
 	for name, eps := range snap.Endpoints {
 		i := 0
-		fmt.Sscanf(name.Name, "svc-%05d", &i)
+		if _, err := fmt.Sscanf(name.Name, "svc-%05d", &i); err != nil {
+			panic(err)
+		}
 		for e := range eps {
 			node := (i*m + e) % nodes
 			eps[e].NodeName = fmt.Sprintf("node-%d", node)

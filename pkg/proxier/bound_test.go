@@ -20,7 +20,9 @@ func boundSnapshot(names []string, version int) *proxier.Snapshot {
 	snap := proxier.NewSnapshot()
 	for _, s := range names {
 		var i int
-		fmt.Sscanf(s, "svc-%d", &i)
+		if _, err := fmt.Sscanf(s, "svc-%d", &i); err != nil {
+			panic(err)
+		}
 		name := proxier.ServicePortName{Namespace: "b", Name: s, Port: "http", Protocol: v1.ProtocolTCP}
 		snap.Services[name] = &proxier.ServicePort{Name: name, Port: 80, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})}}
 		for e := range 3 {

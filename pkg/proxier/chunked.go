@@ -2,7 +2,8 @@ package proxier
 
 import (
 	"bytes"
-	"fmt"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 )
 
 // A full sync that writes more than MaxRestoreRules is applied as a series
@@ -58,28 +59,31 @@ func (c *chunker) group(size int, add func(c *chunker)) {
 	c.rules += size
 }
 
+// The declarations and the body of each table are written apart (a
+// bytes.Buffer never fails a write) and joined at flush.
 func (c *chunker) chain(table string, ch Chain) {
-	fmt.Fprintf(c.buf(c.decl, table), ":%s - [0:0]\n", ch.Name)
-	writeRules(c.buf(c.cur, table), ch)
+	c.declare(table, ch.Name)
+	iptables.NewRestoreWriter(c.buf(c.cur, table)).Rules(ch.Name, ch.Rules)
 }
 
-func (c *chunker) line(table, text string) { c.buf(c.cur, table).WriteString(text + "\n") }
+func (c *chunker) line(table, text string) { iptables.NewRestoreWriter(c.buf(c.cur, table)).Line(text) }
 
 func (c *chunker) declare(table, name string) {
-	fmt.Fprintf(c.buf(c.decl, table), ":%s - [0:0]\n", name)
+	iptables.NewRestoreWriter(c.buf(c.decl, table)).DeclareChain(name)
 }
 
 func (c *chunker) flush() {
 	var b bytes.Buffer
+	w := iptables.NewRestoreWriter(&b)
 	for _, t := range []string{TableFilter, TableNAT} {
 		d, body := c.buf(c.decl, t), c.buf(c.cur, t)
 		if d.Len()+body.Len() == 0 {
 			continue
 		}
-		fmt.Fprintf(&b, "*%s\n", t)
+		w.Table(t)
 		b.Write(d.Bytes())
 		b.Write(body.Bytes())
-		b.WriteString("COMMIT\n")
+		w.Commit()
 	}
 	if b.Len() > 0 && c.err == nil {
 		c.err = c.emit(b.Bytes())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -203,16 +204,16 @@ func (p *Proxier) FamilyHealth() []FamilyHealth {
 // Synced is closed after the first successful sync.
 func (p *Proxier) Synced() <-chan struct{} { return p.synced }
 
-// Status reports the last sync's time, the families' last errors (nil when
-// each family's last sync succeeded) and how many family syncs ran.
-func (p *Proxier) Status() (time.Time, error, int) {
+// Status reports the last sync's time, how many family syncs ran and the
+// families' last errors (nil when each family's last sync succeeded).
+func (p *Proxier) Status() (time.Time, int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error
 	for _, l := range p.loops {
 		errs = append(errs, l.lastErr)
 	}
-	return p.lastSync, errors.Join(errs...), p.syncCount
+	return p.lastSync, p.syncCount, errors.Join(errs...)
 }
 
 // SyncOnce renders and applies the current snapshot for every family, one
@@ -241,7 +242,7 @@ func (p *Proxier) snapshotFor(l *familyLoop) *Snapshot {
 		}
 	}
 	if len(l.triggers) > 0 {
-		snap.TriggerTimes = append(l.triggers, fresh...)
+		snap.TriggerTimes = slices.Concat(l.triggers, fresh)
 		l.triggers = nil
 	}
 	if p.HostAddrs != nil {
@@ -475,10 +476,9 @@ func (p *Proxier) waitToSync(ctx context.Context, l *familyLoop, lastStart time.
 }
 
 func nextBackoff(cur, limit time.Duration) time.Duration {
-	switch {
-	case cur == 0:
+	if cur == 0 {
 		cur = 500 * time.Millisecond
-	default:
+	} else {
 		cur *= 2
 	}
 	if cur > limit {

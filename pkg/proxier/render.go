@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base32"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -316,11 +317,12 @@ type output struct {
 
 // merge adds one Service port's dispatch rules and figures.
 func (o *output) merge(p *portRender) {
-	for name, keys := range p.natKeys {
-		o.natKeys[name] = append(o.natKeys[name], keys...)
-	}
-	for name, keys := range p.filterKeys {
-		o.filterKeys[name] = append(o.filterKeys[name], keys...)
+	for _, k := range p.keys {
+		if k.nat {
+			o.natKeys[k.root] = append(o.natKeys[k.root], k.rule)
+		} else {
+			o.filterKeys[k.root] = append(o.filterKeys[k.root], k.rule)
+		}
 	}
 	o.stats.NoLocalInternal += p.stats.NoLocalInternal
 	o.stats.NoLocalExternal += p.stats.NoLocalExternal
@@ -365,13 +367,37 @@ type portRender struct {
 	eps []Endpoint
 	// Its own chains per table, by name.
 	nat, filter []Chain
-	// Its rules in the dispatch lists.
-	natKeys, filterKeys map[string][]keyedRule
-	stats               RenderStats
+	// Its rules in the dispatch lists (a list, not a map per table: a
+	// port has one to a handful, and 10,000 small maps weigh 5 MB).
+	keys  []rootedRule
+	stats RenderStats
 	// familyEndpoints counts eps of the rendered family; rules counts the
 	// rules of its own chains per table and level, for the metrics.
 	familyEndpoints int
 	rules           ruleCounts
+}
+
+// rootedRule is one rule of a dispatch list: the list's root chain and table.
+type rootedRule struct {
+	nat  bool
+	root string
+	rule keyedRule
+}
+
+// rootedRules flattens an output's dispatch lists, in a stable order.
+func rootedRules(o *output) []rootedRule {
+	var out []rootedRule
+	for _, k := range []struct {
+		nat  bool
+		keys map[string][]keyedRule
+	}{{true, o.natKeys}, {false, o.filterKeys}} {
+		for _, root := range slices.Sorted(maps.Keys(k.keys)) {
+			for _, r := range k.keys[root] {
+				out = append(out, rootedRule{nat: k.nat, root: root, rule: r})
+			}
+		}
+	}
+	return out
 }
 
 // ruleCounts are rules per table (filter, nat) and level (ruleLevels).
@@ -407,7 +433,7 @@ func renderPort(snap *Snapshot, cfg RenderConfig, svc *ServicePort, eps []Endpoi
 		out.natKeyed(ChainServices, addrKeyed(e.addr, destMatch(e.addr, e.proto, e.port, e.comment).add("-j", e.target)))
 	}
 	pr := &portRender{svc: svc, eps: eps, nat: sortedChains(out.nat), filter: sortedChains(out.filter),
-		natKeys: out.natKeys, filterKeys: out.filterKeys, stats: out.stats,
+		keys: rootedRules(out), stats: out.stats,
 		familyEndpoints: familyEndpoints}
 	pr.rules.addChains(TableNAT, pr.nat)
 	pr.rules.addChains(TableFilter, pr.filter)
@@ -659,15 +685,14 @@ type dispatchEntry struct {
 // policies are untouched.
 func RestoreText(r *Rules) string {
 	var b strings.Builder
+	w := iptables.NewRestoreWriter(&b)
 	for _, t := range r.Tables {
-		fmt.Fprintf(&b, "*%s\n", t.Name)
+		w.Table(t.Name)
 		for _, c := range t.Chains {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
+			w.DeclareChain(c.Name)
 		}
 		for _, c := range t.Chains {
-			for _, rule := range c.Rules {
-				fmt.Fprintf(&b, "-A %s %s\n", c.Name, rule)
-			}
+			w.Rules(c.Name, c.Rules)
 		}
 		var jumps []iptables.Jump
 		for _, j := range r.Jumps {
@@ -677,9 +702,9 @@ func RestoreText(r *Rules) string {
 		}
 		// Insert in reverse so the final order matches BaseJumps.
 		for i := len(jumps) - 1; i >= 0; i-- {
-			fmt.Fprintf(&b, "-I %s 1 %s\n", jumps[i].Chain, ruleBuilder(jumps[i].Args()).String())
+			w.Line("-I " + jumps[i].Chain + " 1 " + ruleBuilder(jumps[i].Args()).String())
 		}
-		b.WriteString("COMMIT\n")
+		w.Commit()
 	}
 	return b.String()
 }

@@ -1,7 +1,6 @@
 package proxier
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -291,9 +290,9 @@ func (s *Syncer) syncLocked(ctx context.Context, snap, effective *Snapshot) (Syn
 			hctx, cancel := s.hostCtx(ctx)
 			rerr := sr.RestoreStream(hctx, func(w io.Writer) error {
 				cw.w = w
-				bw := bufio.NewWriterSize(&cw, 256<<10)
-				counts, tables = writeFullRestore(bw, rules, h.stale, h.unjump, h.jump)
-				return bw.Flush()
+				rw := iptables.NewRestoreWriter(&cw)
+				counts, tables = writeFullRestore(rw, rules, h.stale, h.unjump, h.jump)
+				return rw.Flush()
 			})
 			cancel()
 			res.Phases.Restore += time.Since(batch.Time)
@@ -484,46 +483,37 @@ func (s *Syncer) hostState(ctx context.Context, rules *Rules) (hostTables, error
 // fullRestore writes every chain of ours and deletes stale ones.
 func fullRestore(r *Rules, stale, unjump, jump map[string][]string) ([]byte, SyncResult) {
 	var b bytes.Buffer
-	res, _ := writeFullRestore(&b, r, stale, unjump, jump)
+	res, _ := writeFullRestore(iptables.NewRestoreWriter(&b), r, stale, unjump, jump)
 	return b.Bytes(), res
 }
 
-// textWriter is what restore text is written to: a buffer, or a buffered
-// pipe into iptables-restore.
-type textWriter interface {
-	io.Writer
-	io.StringWriter
-	io.ByteWriter
-}
-
 // writeFullRestore writes the text of fullRestore to w, and returns the
-// rules it writes per table. Write errors are w's to keep (bytes.Buffer has
-// none; bufio.Writer keeps the first and returns it from Flush).
-func writeFullRestore(w textWriter, r *Rules, stale, unjump, jump map[string][]string) (SyncResult, map[string]int) {
+// rules it writes per table. Write errors are w's to report.
+func writeFullRestore(w *iptables.RestoreWriter, r *Rules, stale, unjump, jump map[string][]string) (SyncResult, map[string]int) {
 	var res SyncResult
 	written := map[string]int{}
 	for _, t := range r.Tables {
-		fmt.Fprintf(w, "*%s\n", t.Name)
+		w.Table(t.Name)
 		for _, c := range t.Chains {
-			fmt.Fprintf(w, ":%s - [0:0]\n", c.Name)
+			w.DeclareChain(c.Name)
 		}
 		for _, c := range stale[t.Name] {
-			fmt.Fprintf(w, ":%s - [0:0]\n", c)
+			w.DeclareChain(c)
 		}
 		for _, line := range unjump[t.Name] {
-			w.WriteString(line + "\n")
+			w.Line(line)
 		}
 		for _, c := range t.Chains {
-			writeRules(w, c)
+			w.Rules(c.Name, c.Rules)
 			written[t.Name] += len(c.Rules)
 		}
 		for _, line := range jump[t.Name] {
-			w.WriteString(line + "\n")
+			w.Line(line)
 		}
 		for _, c := range stale[t.Name] {
-			fmt.Fprintf(w, "-X %s\n", c)
+			w.DeleteChain(c)
 		}
-		w.WriteString("COMMIT\n")
+		w.Commit()
 		res.ChainsWritten += len(t.Chains)
 		res.ChainsDeleted += len(stale[t.Name])
 	}
@@ -556,6 +546,7 @@ func (c *captureWriter) text() string { return keptText(c.head.Bytes(), c.n) }
 // so the work is proportional to what changed (plus the dispatch chains).
 func partialRestore(r, last *Rules) ([]byte, SyncResult) {
 	var b bytes.Buffer
+	w := iptables.NewRestoreWriter(&b)
 	var res SyncResult
 	for _, t := range r.Tables {
 		changed, gone := diffTable(r, last, t)
@@ -564,21 +555,21 @@ func partialRestore(r, last *Rules) ([]byte, SyncResult) {
 		}
 		sort.Slice(changed, func(i, j int) bool { return changed[i].Name < changed[j].Name })
 		sort.Strings(gone)
-		fmt.Fprintf(&b, "*%s\n", t.Name)
+		w.Table(t.Name)
 		for _, c := range changed {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", c.Name)
+			w.DeclareChain(c.Name)
 		}
 		// Flush removed chains first: one may still jump to another.
 		for _, name := range gone {
-			fmt.Fprintf(&b, ":%s - [0:0]\n", name)
+			w.DeclareChain(name)
 		}
 		for _, c := range changed {
-			writeRules(&b, c)
+			w.Rules(c.Name, c.Rules)
 		}
 		for _, name := range gone {
-			fmt.Fprintf(&b, "-X %s\n", name)
+			w.DeleteChain(name)
 		}
-		b.WriteString("COMMIT\n")
+		w.Commit()
 		res.ChainsWritten += len(changed)
 		res.ChainsDeleted += len(gone)
 	}
@@ -657,16 +648,6 @@ func diffChainMaps(prev, next map[string][]string) (changed []Chain, gone []stri
 		}
 	}
 	return changed, gone
-}
-
-func writeRules(b textWriter, c Chain) {
-	for _, rule := range c.Rules {
-		b.WriteString("-A ")
-		b.WriteString(c.Name)
-		b.WriteByte(' ')
-		b.WriteString(rule)
-		b.WriteByte('\n')
-	}
 }
 
 // recordSync publishes one successful sync's figures.

@@ -381,7 +381,7 @@ func TestLoopSyncsOnRequestAndCollapsesBursts(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no initial sync")
 	}
-	_, _, before := p.Status()
+	_, before, _ := p.Status()
 
 	snap := NewSnapshot()
 	addService(snap, "web", "10.96.0.10", 2)
@@ -393,7 +393,7 @@ func TestLoopSyncsOnRequestAndCollapsesBursts(t *testing.T) {
 	wait.For(t, "the requested sync", 10*time.Second, func() bool {
 		return len(fake.Snapshot().ChainNames(TableNAT, web)) == 1
 	})
-	_, err, after := p.Status()
+	_, after, err := p.Status()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -547,7 +547,7 @@ func TestChurnFasterThanTheSyncPeriod(t *testing.T) {
 	}
 	want := wantChains(Render(last, defaultConfig()))
 	wait.For(t, "the last state", 10*time.Second, func() bool { return equalChains(swyChains(fake), want) })
-	_, err, syncs := p.Status()
+	_, syncs, err := p.Status()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -121,7 +121,7 @@ func peakRSS() float64 {
 	for _, line := range strings.Split(string(data), "\n") {
 		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
 			var kb float64
-			fmt.Sscan(strings.TrimSpace(rest), &kb)
+			_, _ = fmt.Sscan(strings.TrimSpace(rest), &kb) // 0 if unreadable
 			return kb / 1024
 		}
 	}

@@ -603,7 +603,7 @@ func cpuSeconds(pid int) float64 {
 	var sum float64
 	for _, field := range f[11:15] { // utime, stime, cutime, cstime
 		var v float64
-		fmt.Sscan(field, &v)
+		_, _ = fmt.Sscan(field, &v) // a field that does not parse counts 0
 		sum += v
 	}
 	return sum / 100 // USER_HZ
@@ -618,7 +618,7 @@ func peakRSS(pid int) float64 {
 	for _, line := range strings.Split(string(data), "\n") {
 		if strings.HasPrefix(line, "VmHWM:") {
 			var kb float64
-			fmt.Sscan(strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")), &kb)
+			_, _ = fmt.Sscan(strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:")), &kb) // 0 if unreadable
 			return kb / 1024
 		}
 	}

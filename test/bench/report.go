@@ -23,7 +23,7 @@ func machine() string {
 	mem := ""
 	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
 		var kb float64
-		fmt.Sscanf(strings.TrimPrefix(strings.Split(string(data), "\n")[0], "MemTotal:"), "%f", &kb)
+		_, _ = fmt.Sscanf(strings.TrimPrefix(strings.Split(string(data), "\n")[0], "MemTotal:"), "%f", &kb) // 0 if unreadable
 		mem = fmt.Sprintf(", %.0f GB", kb/1024/1024)
 	}
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
