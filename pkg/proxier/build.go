@@ -144,10 +144,6 @@ func (f Filter) ServicePorts(svc *v1.Service) ([]*ServicePort, error) {
 			affinity = *c.ClientIP.TimeoutSeconds
 		}
 	}
-	var distribution string
-	if svc.Spec.TrafficDistribution != nil {
-		distribution = *svc.Spec.TrafficDistribution
-	}
 
 	ports := make([]*ServicePort, 0, len(svc.Spec.Ports))
 	for _, p := range svc.Spec.Ports {
@@ -165,7 +161,6 @@ func (f Filter) ServicePorts(svc *v1.Service) ([]*ServicePort, error) {
 			ExternalPolicyLocal:      externalLocal,
 			InternalPolicyLocal:      internalLocal,
 			AffinityTimeout:          affinity,
-			TrafficDistribution:      distribution,
 		}
 		if svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer {
 			sp.NodePort = p.NodePort

@@ -9,7 +9,6 @@
 package proxier
 
 import (
-	"fmt"
 	"net/netip"
 	"sort"
 	"strings"
@@ -62,8 +61,6 @@ type ServicePort struct {
 	// AffinityTimeout is the ClientIP session affinity timeout in seconds;
 	// zero means no session affinity.
 	AffinityTimeout int32
-
-	TrafficDistribution string
 }
 
 // ClusterIP returns the Service's cluster IP of the given family.
@@ -212,8 +209,3 @@ func familyOf(a netip.Addr) v1.IPFamily {
 }
 
 func protoLower(p v1.Protocol) string { return strings.ToLower(string(p)) }
-
-// Describe renders a ServicePort for log lines.
-func (s *ServicePort) Describe() string {
-	return fmt.Sprintf("%s %v:%d/%s", s.Name, s.ClusterIPs, s.Port, s.Name.Protocol)
-}
