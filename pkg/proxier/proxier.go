@@ -17,9 +17,10 @@ import (
 )
 
 // SnapshotSource hands the sync loop the current desired state. It is called
-// once per sync.
+// once per sync, and takes the changes pending since the last call with it
+// (the change counts and trigger times of the metrics).
 type SnapshotSource interface {
-	Snapshot() *Snapshot
+	TakeSnapshot() *Snapshot
 }
 
 // endpointWaiter is a SnapshotSource that can tell when a pending change is
@@ -234,7 +235,7 @@ func (p *Proxier) SyncOnce(ctx context.Context) error {
 func (p *Proxier) snapshotFor(l *familyLoop) *Snapshot {
 	p.snapMu.Lock()
 	defer p.snapMu.Unlock()
-	snap := p.source.Snapshot()
+	snap := p.source.TakeSnapshot()
 	fresh := snap.TriggerTimes
 	for _, o := range p.loops {
 		if o != l {

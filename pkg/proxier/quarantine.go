@@ -17,10 +17,10 @@ type quarantined struct {
 // maxBisectTests bounds the test restores one bisection may run.
 const maxBisectTests = 64
 
-// withoutQuarantined returns the snapshot minus the quarantined Service
-// ports that have not changed since they were refused; a changed one leaves
-// quarantine to be tried again.
-func (s *Syncer) withoutQuarantined(snap *Snapshot) *Snapshot {
+// releaseAndFilterQuarantine releases from quarantine the Service ports
+// that changed since they were refused (or are gone), so they are tried
+// again, and returns the snapshot without the ones still held.
+func (s *Syncer) releaseAndFilterQuarantine(snap *Snapshot) *Snapshot {
 	if len(s.quarantine) == 0 {
 		return snap
 	}

@@ -184,7 +184,7 @@ func (s *Syncer) syncHeld(ctx context.Context, snap *Snapshot) (SyncResult, erro
 	if s.applied == nil {
 		clear(s.quarantine) // a full sync retries every Service
 	}
-	effective := s.withoutQuarantined(snap)
+	effective := s.releaseAndFilterQuarantine(snap)
 	if s.applied != nil {
 		target, pending := boundedTarget(s.appliedSnap, effective, s.MaxRestoreRules)
 		if pending > 0 {
@@ -209,7 +209,7 @@ func (s *Syncer) syncHeld(ctx context.Context, snap *Snapshot) (SyncResult, erro
 		// test restore of a bisection would wait for the lock in turn.
 		return res, err
 	}
-	offenders := s.findOffenders(ctx, s.withoutQuarantined(snap))
+	offenders := s.findOffenders(ctx, s.releaseAndFilterQuarantine(snap))
 	if len(offenders) == 0 {
 		return res, err
 	}
@@ -221,7 +221,7 @@ func (s *Syncer) syncHeld(ctx context.Context, snap *Snapshot) (SyncResult, erro
 	}
 	metrics.QuarantinedServices.Set(float64(len(s.quarantine)))
 	s.applied = nil
-	return s.syncLocked(ctx, snap, s.withoutQuarantined(snap))
+	return s.syncLocked(ctx, snap, s.releaseAndFilterQuarantine(snap))
 }
 
 // syncLocked renders effective (the snapshot minus quarantined Service

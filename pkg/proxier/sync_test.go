@@ -356,7 +356,7 @@ type fixedSource struct {
 	snap *Snapshot
 }
 
-func (f *fixedSource) Snapshot() *Snapshot {
+func (f *fixedSource) TakeSnapshot() *Snapshot {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.snap

@@ -94,7 +94,7 @@ func BenchmarkMemory10k(b *testing.B) {
 		b.ReportMetric(peakRSS(), "tracker-peak-RSS-MB")
 		s := proxier.NewSyncer(proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}, discard{})
 		s.MaxRestoreRules = proxier.DefaultMaxRestoreRulesNFT
-		if _, err := s.Sync(context.Background(), tr.Snapshot()); err != nil {
+		if _, err := s.Sync(context.Background(), tr.TakeSnapshot()); err != nil {
 			b.Fatal(err)
 		}
 		synced := heap()

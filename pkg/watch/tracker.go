@@ -245,9 +245,10 @@ func (t *Tracker) AwaitsEndpoints() bool {
 	return false
 }
 
-// Snapshot returns the current desired state. The maps are new; the values
-// are shared and never mutated.
-func (t *Tracker) Snapshot() *proxier.Snapshot {
+// TakeSnapshot returns the current desired state and takes the pending
+// changes with it: the change counts and trigger times start again from
+// none. The maps are new; the values are shared and never mutated.
+func (t *Tracker) TakeSnapshot() *proxier.Snapshot {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	snap := &proxier.Snapshot{

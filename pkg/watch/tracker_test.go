@@ -54,12 +54,12 @@ func TestTrackerMergesSlicesAndRequestsSyncs(t *testing.T) {
 	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", func() { syncs.Add(1) }, rep)
 
 	tr.UpdateSlice(slice("web-1", "web", "10.0.0.1", "10.0.0.2"))
-	if snap := tr.Snapshot(); len(snap.Services) != 0 {
+	if snap := tr.TakeSnapshot(); len(snap.Services) != 0 {
 		t.Error("endpoints without a Service produced a Service")
 	}
 	tr.UpdateService(svc("web"))
 	tr.UpdateSlice(slice("web-2", "web", "10.0.0.2", "10.0.0.3"))
-	snap := tr.Snapshot()
+	snap := tr.TakeSnapshot()
 	if got := len(snap.Endpoints[web]); got != 3 {
 		t.Errorf("merged endpoints = %d, want 3 (10.0.0.2 only once)", got)
 	}
@@ -68,16 +68,16 @@ func TestTrackerMergesSlicesAndRequestsSyncs(t *testing.T) {
 	}
 
 	tr.DeleteSlice("default", "web-1")
-	if got := len(tr.Snapshot().Endpoints[web]); got != 2 {
+	if got := len(tr.TakeSnapshot().Endpoints[web]); got != 2 {
 		t.Errorf("after deleting a slice: %d endpoints, want 2", got)
 	}
 	// A slice moved to another Service leaves the first.
 	tr.UpdateSlice(slice("web-2", "other", "10.0.0.2"))
-	if got := len(tr.Snapshot().Endpoints[web]); got != 0 {
+	if got := len(tr.TakeSnapshot().Endpoints[web]); got != 0 {
 		t.Errorf("slice relabelled away still counted: %d", got)
 	}
 	tr.DeleteService("default", "web")
-	if len(tr.Snapshot().Services) != 0 {
+	if len(tr.TakeSnapshot().Services) != 0 {
 		t.Error("deleted Service still present")
 	}
 
@@ -85,7 +85,7 @@ func TestTrackerMergesSlicesAndRequestsSyncs(t *testing.T) {
 	bad := slice("web-3", "web", "10.0.0.9", "nope")
 	tr.UpdateService(svc("web"))
 	tr.UpdateSlice(bad)
-	if got := len(tr.Snapshot().Endpoints[web]); got != 1 {
+	if got := len(tr.TakeSnapshot().Endpoints[web]); got != 1 {
 		t.Errorf("valid endpoint of a partly bad slice lost: %d", got)
 	}
 	if len(rep.reasons) != 1 || rep.reasons[0] != "InvalidEndpointSlice" {
@@ -95,7 +95,7 @@ func TestTrackerMergesSlicesAndRequestsSyncs(t *testing.T) {
 
 func TestTrackerNode(t *testing.T) {
 	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
-	if tr.Snapshot().Node.Known {
+	if tr.TakeSnapshot().Node.Known {
 		t.Error("node known before it was seen")
 	}
 	n := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Labels: map[string]string{proxier.LabelZone: "z1"}},
@@ -105,12 +105,12 @@ func TestTrackerNode(t *testing.T) {
 	other.Name = "node-b"
 	other.Labels[proxier.LabelZone] = "z2"
 	tr.UpdateNode(other)
-	got := tr.Snapshot().Node
+	got := tr.TakeSnapshot().Node
 	if !got.Known || got.Zone != "z1" || len(got.Addresses) != 1 {
 		t.Errorf("node = %+v", got)
 	}
 	tr.DeleteNode("node-a")
-	if tr.Snapshot().Node.Known {
+	if tr.TakeSnapshot().Node.Known {
 		t.Error("node still known after deletion")
 	}
 }
@@ -139,7 +139,7 @@ func TestSlicePortsMatchingNoServicePortAreIgnored(t *testing.T) {
 	s := slice("web-1", "web", "10.0.0.1")
 	s.Ports[0].Name = ptr.To("not-http")
 	tr.UpdateSlice(s)
-	snap := tr.Snapshot()
+	snap := tr.TakeSnapshot()
 	if len(snap.Endpoints[web]) != 0 {
 		t.Errorf("endpoints of a port name the Service lacks were used: %v", snap.Endpoints[web])
 	}
@@ -172,16 +172,16 @@ func TestSnapshotSortedNamesFollowServiceChanges(t *testing.T) {
 		}
 		return got
 	}
-	first := check(tr.Snapshot())
+	first := check(tr.TakeSnapshot())
 	_, sl := benchObjects(1, 1)
 	tr.UpdateSlice(sl)
-	if again := check(tr.Snapshot()); &again[0] != &first[0] {
+	if again := check(tr.TakeSnapshot()); &again[0] != &first[0] {
 		t.Error("an endpoint change sorted the names again")
 	}
 	tr.DeleteService("bench", "svc-00000")
 	svc, _ := benchObjects(7, 0)
 	tr.UpdateService(svc)
-	if names := check(tr.Snapshot()); names[len(names)-1].Name != "svc-00007" {
+	if names := check(tr.TakeSnapshot()); names[len(names)-1].Name != "svc-00007" {
 		t.Errorf("names after replacing a Service: %v", names)
 	}
 }
@@ -199,9 +199,9 @@ func TestTrackerKnowsWhenAServiceAwaitsItsSlice(t *testing.T) {
 	if tr.AwaitsEndpoints() {
 		t.Error("still awaiting after the Service's slice came")
 	}
-	tr.Snapshot()
+	tr.TakeSnapshot()
 	tr.UpdateService(svc("lonely"))
-	tr.Snapshot()
+	tr.TakeSnapshot()
 	if tr.AwaitsEndpoints() {
 		t.Error("a Service already synced without a slice is still awaited")
 	}

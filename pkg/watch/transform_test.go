@@ -101,7 +101,7 @@ func TestParsedSliceTombstoneDeletes(t *testing.T) {
 	obj, _ := newTransform(proxier.Filter{})(slice("web-1", "web", "10.0.0.1"))
 	h := sliceHandler(tr)
 	h.OnAdd(obj, true)
-	if n := len(tr.Snapshot().Endpoints[web]); n != 1 {
+	if n := len(tr.TakeSnapshot().Endpoints[web]); n != 1 {
 		t.Fatalf("%d endpoints after the add, want 1", n)
 	}
 	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
@@ -109,7 +109,7 @@ func TestParsedSliceTombstoneDeletes(t *testing.T) {
 		t.Fatalf("informer key of a parsed slice = %q (%v), want default/web-1", key, err)
 	}
 	h.OnDelete(cache.DeletedFinalStateUnknown{Key: key, Obj: obj})
-	if n := len(tr.Snapshot().Endpoints[web]); n != 0 {
+	if n := len(tr.TakeSnapshot().Endpoints[web]); n != 0 {
 		t.Errorf("%d endpoints after the tombstone, want none", n)
 	}
 }
@@ -156,7 +156,7 @@ func TestServiceTransformKeepsTheModel(t *testing.T) {
 	if ref, ok := rep.objs[0].(*v1.Service); !ok || ref.Namespace != "default" || ref.Name != "web" {
 		t.Errorf("the Event is on %#v, want Service default/web", rep.objs[0])
 	}
-	if got := tr.Snapshot().Services[web]; got == nil || len(got.ExternalIPs) != 1 {
+	if got := tr.TakeSnapshot().Services[web]; got == nil || len(got.ExternalIPs) != 1 {
 		t.Errorf("the valid parts of an invalid Service: %+v, want its port with one external IP", got)
 	}
 
@@ -172,7 +172,7 @@ func TestServiceTransformKeepsTheModel(t *testing.T) {
 	h := serviceHandler(tr)
 	h.OnAdd(obj, true)
 	h.OnDelete(cache.DeletedFinalStateUnknown{Key: "default/web", Obj: obj})
-	if _, ok := tr.Snapshot().Services[web]; ok {
+	if _, ok := tr.TakeSnapshot().Services[web]; ok {
 		t.Error("the Service is still there after its tombstone")
 	}
 }

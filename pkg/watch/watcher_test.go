@@ -54,7 +54,7 @@ func TestWatcherDrivesSyncs(t *testing.T) {
 		t.Fatal(err)
 	}
 	wait.For(t, "the updated endpoints", 10*time.Second, func() bool {
-		eps := tracker.Snapshot().Endpoints[web]
+		eps := tracker.TakeSnapshot().Endpoints[web]
 		return len(eps) == 2 && eps[0].Addr.String() == "10.0.0.2" && eps[1].Addr.String() == "10.0.0.3"
 	})
 
@@ -75,5 +75,5 @@ func TestWatcherDrivesSyncs(t *testing.T) {
 	if _, err := client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	wait.For(t, "the Node", 10*time.Second, func() bool { return tracker.Snapshot().Node.Known })
+	wait.For(t, "the Node", 10*time.Second, func() bool { return tracker.TakeSnapshot().Node.Known })
 }

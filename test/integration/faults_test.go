@@ -27,7 +27,7 @@ type source struct {
 	snap *proxier.Snapshot
 }
 
-func (s *source) Snapshot() *proxier.Snapshot {
+func (s *source) TakeSnapshot() *proxier.Snapshot {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.snap
