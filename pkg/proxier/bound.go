@@ -48,23 +48,20 @@ type pendingChange struct {
 	cost  int
 }
 
-// portCost estimates the rules a Service port's change writes or deletes.
-func portCost(svc *ServicePort, eps []Endpoint) int {
-	if svc == nil {
-		return 0
+// portCost is what writing or deleting a Service port's rules costs, as
+// rendered in rules (zero when it is not there).
+func portCost(rules *Rules, name ServicePortName) int {
+	if pr := rules.port(name); pr != nil {
+		return pr.cost()
 	}
-	n := 4 + 3*len(eps) + len(svc.ExternalIPs) + len(svc.LoadBalancerIPs) + len(svc.LoadBalancerSourceRanges)
-	if svc.AffinityTimeout > 0 {
-		n += len(eps)
-	}
-	return n
+	return 0
 }
 
 // boundedTarget returns the snapshot to apply next, given what was applied
-// (prev) and what is wanted (next), and how many changed Service ports it
-// leaves for later syncs. With no bound, no earlier state, or a change of
+// (prev, rendered as prevRules) and what is wanted (next, rendered as
+// nextRules), and how many changed Service ports it leaves for later syncs. With no bound, no earlier state, or a change of
 // the node's own facts (which touches every Service), it is next itself.
-func boundedTarget(prev, next *Snapshot, maxRules int) (*Snapshot, int) {
+func boundedTarget(prev, next *Snapshot, prevRules, nextRules *Rules, maxRules int) (*Snapshot, int) {
 	if maxRules <= 0 || prev == nil || !sameNodeFacts(prev, next) {
 		return next, 0
 	}
@@ -76,17 +73,17 @@ func boundedTarget(prev, next *Snapshot, maxRules int) (*Snapshot, int) {
 		if ok && old == svc && sameSlice(prev.Endpoints[name], eps) {
 			continue
 		}
-		c := pendingChange{name: name, class: changeAdd, cost: portCost(svc, eps)}
+		c := pendingChange{name: name, class: changeAdd, cost: portCost(nextRules, name)}
 		if ok {
 			c.class = changeUpdate
-			c.cost += portCost(old, prev.Endpoints[name])
+			c.cost += portCost(prevRules, name)
 		}
 		changes = append(changes, c)
 		total += c.cost
 	}
-	for name, old := range prev.Services {
+	for name := range prev.Services {
 		if _, ok := next.Services[name]; !ok {
-			c := pendingChange{name: name, class: changeDelete, cost: portCost(old, prev.Endpoints[name])}
+			c := pendingChange{name: name, class: changeDelete, cost: portCost(prevRules, name)}
 			changes = append(changes, c)
 			total += c.cost
 		}
@@ -155,7 +152,7 @@ func boundedTarget(prev, next *Snapshot, maxRules int) (*Snapshot, int) {
 			for _, a := range svc.ClusterIPs {
 				for _, d := range deletedAt[a] {
 					if !done[d] {
-						apply(pendingChange{name: d, class: changeDelete, cost: portCost(prev.Services[d], prev.Endpoints[d])})
+						apply(pendingChange{name: d, class: changeDelete, cost: portCost(prevRules, d)})
 					}
 				}
 			}

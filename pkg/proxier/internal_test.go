@@ -1,6 +1,7 @@
 package proxier
 
 import (
+	"maps"
 	"net/netip"
 	"strings"
 	"testing"
@@ -105,5 +106,28 @@ func TestDetectLocalModes(t *testing.T) {
 		if tr := traceIface(t, r, localPod, c.out, vip); !tr.Outcomes[0].Masquerade {
 			t.Errorf("%s: traffic from %s was not masqueraded:\n%s", c.det.Mode, c.out, tr.Text())
 		}
+	}
+}
+
+// A Service port's cost, which bounds a restore's size, is exactly the
+// rules its presence adds to the rendered tables: taking it out of the
+// snapshot removes that many.
+func TestPortCostIsWhatThePortAdds(t *testing.T) {
+	for _, file := range []string{"basic.yaml", "remote.yaml", "external.yaml", "internal.yaml", "affinity.yaml", "terminating.yaml", "multiport.yaml"} {
+		t.Run(file, func(t *testing.T) {
+			snap := loadSnapshot(t, file, "node-a")
+			cfg := defaultConfig()
+			all := Render(snap, cfg)
+			for _, name := range snap.SortedNames() {
+				without := &Snapshot{Services: maps.Clone(snap.Services), Endpoints: maps.Clone(snap.Endpoints),
+					Node: snap.Node, HostAddrs: snap.HostAddrs}
+				delete(without.Services, name)
+				delete(without.Endpoints, name)
+				want := ruleCount(all) - ruleCount(Render(without, cfg))
+				if got := portCost(all, name); got != want {
+					t.Errorf("%s costs %d, but its rules are %d", name, got, want)
+				}
+			}
+		})
 	}
 }

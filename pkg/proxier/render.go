@@ -177,10 +177,11 @@ type Rules struct {
 	Tables []Table
 	Jumps  []iptables.Jump
 	Stats  RenderStats
-	// What a Renderer made them from, so the next sync compares only the
+	// What the Renderer made them from, so the next sync compares only the
 	// Service ports whose output is not the very same: each port's own
 	// chains, and per table the chains not owned by a port (top-level and
-	// dispatch). Nil for rules built otherwise.
+	// dispatch). key is everything besides the ports the render depended on.
+	key    string
 	names  []ServicePortName
 	ports  []*portRender // aligned with names
 	shared map[string]map[string][]string
@@ -473,8 +474,9 @@ func sameSlice[T any](a, b []T) bool {
 	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }
 
-// Render renders snap, reusing the chains of unchanged Service ports.
-func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
+// Render renders snap, reusing the chains of unchanged Service ports from
+// the last render and from also (other renders by this Renderer).
+func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig, also ...*Rules) *Rules {
 	masq := cfg.MasqMark()
 	out := newOutput()
 	top := TopLevelChains()
@@ -522,6 +524,11 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 	key := fmt.Sprintf("%+v|%v|", cfg, snap.HostAddrs) + nodeKey(snap.Node)
 	if key != r.key {
 		clear(ports)
+	}
+	for _, other := range also {
+		if other != nil && other.key == key {
+			reuseFrom(ports, names, svcs, epss, other)
+		}
 	}
 	nNAT, nFilter := 0, 0
 	var counts ruleCounts
@@ -583,7 +590,7 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 
 	// Each table: the top-level chains, the dispatch nodes by name, then
 	// every Service port's own chains, ports in name order.
-	rules := &Rules{Jumps: BaseJumps(), Stats: out.stats, names: names, ports: ports, dispatch: dispatch,
+	rules := &Rules{Jumps: BaseJumps(), Stats: out.stats, key: key, names: names, ports: ports, dispatch: dispatch,
 		shared: map[string]map[string][]string{TableFilter: out.filter, TableNAT: out.nat}}
 	for _, t := range []string{TableFilter, TableNAT} {
 		room := nNAT
@@ -604,6 +611,40 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig) *Rules {
 	}
 	rules.counts = counts
 	return rules
+}
+
+// reuseFrom fills the gaps in ports with other's render of the same
+// Service port from the very same objects.
+func reuseFrom(ports []*portRender, names []ServicePortName, svcs []*ServicePort, epss [][]Endpoint, other *Rules) {
+	for i, pr := range ports {
+		if pr != nil {
+			continue
+		}
+		if old := other.port(names[i]); old != nil && old.svc == svcs[i] && sameSlice(old.eps, epss[i]) {
+			ports[i] = old
+		}
+	}
+}
+
+// port is the render of one Service port, or nil.
+func (r *Rules) port(name ServicePortName) *portRender {
+	i := sort.Search(len(r.names), func(i int) bool { return !lessName(r.names[i], name) })
+	if i < len(r.names) && r.names[i] == name {
+		return r.ports[i]
+	}
+	return nil
+}
+
+// cost is how many rules writing or deleting this Service port's rules
+// takes: its own chains' rules and its dispatch entries.
+func (p *portRender) cost() int {
+	n := len(p.keys)
+	for _, t := range p.rules {
+		for _, c := range t {
+			n += c
+		}
+	}
+	return n
 }
 
 // orderedTable puts the top-level chains first, then the rest by name.

@@ -1,12 +1,16 @@
 package proxier
 
 import (
+	"context"
 	"maps"
 	"net/netip"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard-proxy/switchyard/pkg/conntrack"
+	"github.com/switchyard-proxy/switchyard/pkg/metrics"
 )
 
 // udpFrontends are the addresses UDP clients send to (cluster IPs,
@@ -110,4 +114,41 @@ func frontendsChanged[K comparable](prev, cur map[K]map[netip.AddrPort]bool) boo
 		}
 	}
 	return false
+}
+
+// cleanConntrack deletes stale UDP flows, now that the rules send new
+// packets to the right place. Listing the conntrack table costs in
+// proportion to the whole table (a busy node holds hundreds of thousands of
+// TCP entries), so a partial sync lists it only when a flow can have become
+// stale since the last clean-up: a UDP frontend or one of its endpoints
+// went, or a frontend is new or got its first endpoints (flows sent before
+// its rules were programmed are untranslated); a full sync always does.
+// Failures are logged: the next sync retries.
+func (s *Syncer) cleanConntrack(ctx context.Context, snap *Snapshot, full bool) {
+	if s.Conntrack == nil {
+		return
+	}
+	cur := udpFrontendsOf(snap, s.Config.Family)
+	check := cur.withGone(s.lastUDP)
+	if check.empty() || (!full && !s.udpRetry && !cur.mayHaveStale(s.lastUDP)) {
+		s.lastUDP = cur
+		return
+	}
+	start := time.Now()
+	n, err := s.Conntrack.DeleteUDP(s.Config.Family == v1.IPv6Protocol, check.stale)
+	fam := string(s.Config.Family)
+	metrics.ConntrackReconcileDuration.WithLabelValues(fam).Observe(time.Since(start).Seconds())
+	metrics.ConntrackDeleted.WithLabelValues(fam).Add(float64(n))
+	metrics.ConntrackEntriesDeleted.WithLabelValues(fam).Add(float64(n))
+	logger := klog.FromContext(ctx)
+	if err != nil {
+		// Keep the gone frontends so the next sync looks for them again.
+		s.lastUDP, s.udpRetry = check, true
+		logger.Error(err, "Deleting stale UDP conntrack entries failed; will retry on the next sync", "family", s.Config.Family, "deleted", n)
+		return
+	}
+	s.lastUDP, s.udpRetry = cur, false
+	if n > 0 {
+		logger.V(2).Info("Deleted stale UDP conntrack entries", "family", s.Config.Family, "deleted", n, "elapsed", time.Since(start))
+	}
 }

@@ -1,0 +1,171 @@
+package proxier
+
+import (
+	"bytes"
+	"slices"
+	"sort"
+
+	"github.com/switchyard-proxy/switchyard/pkg/iptables"
+)
+
+// fullRestore writes every chain of ours and deletes stale ones.
+func fullRestore(r *Rules, stale, unjump, jump map[string][]string) ([]byte, SyncResult) {
+	var b bytes.Buffer
+	res, _ := writeFullRestore(iptables.NewRestoreWriter(&b), r, stale, unjump, jump)
+	return b.Bytes(), res
+}
+
+// writeFullRestore writes the text of fullRestore to w, and returns the
+// rules it writes per table. Write errors are w's to report.
+func writeFullRestore(w *iptables.RestoreWriter, r *Rules, stale, unjump, jump map[string][]string) (SyncResult, map[string]int) {
+	var res SyncResult
+	written := map[string]int{}
+	for _, t := range r.Tables {
+		w.Table(t.Name)
+		for _, c := range t.Chains {
+			w.DeclareChain(c.Name)
+		}
+		for _, c := range stale[t.Name] {
+			w.DeclareChain(c)
+		}
+		for _, line := range unjump[t.Name] {
+			w.Line(line)
+		}
+		for _, c := range t.Chains {
+			w.Rules(c.Name, c.Rules)
+			written[t.Name] += len(c.Rules)
+		}
+		for _, line := range jump[t.Name] {
+			w.Line(line)
+		}
+		for _, c := range stale[t.Name] {
+			w.DeleteChain(c)
+		}
+		w.Commit()
+		res.ChainsWritten += len(t.Chains)
+		res.ChainsDeleted += len(stale[t.Name])
+	}
+	return res, written
+}
+
+// partialRestore writes only chains whose content differs from what was
+// applied, and deletes chains no longer wanted. A table with nothing to do
+// is left out; with nothing to do at all the text is empty. Service ports
+// whose rendered output is the very same as last time are not looked at,
+// so the work is proportional to what changed (plus the dispatch chains).
+func partialRestore(r, last *Rules) ([]byte, SyncResult) {
+	var b bytes.Buffer
+	w := iptables.NewRestoreWriter(&b)
+	var res SyncResult
+	for _, t := range r.Tables {
+		changed, gone := diffTable(r, last, t)
+		if len(changed) == 0 && len(gone) == 0 {
+			continue
+		}
+		sort.Slice(changed, func(i, j int) bool { return changed[i].Name < changed[j].Name })
+		sort.Strings(gone)
+		w.Table(t.Name)
+		for _, c := range changed {
+			w.DeclareChain(c.Name)
+		}
+		// Flush removed chains first: one may still jump to another.
+		for _, name := range gone {
+			w.DeclareChain(name)
+		}
+		for _, c := range changed {
+			w.Rules(c.Name, c.Rules)
+		}
+		for _, name := range gone {
+			w.DeleteChain(name)
+		}
+		w.Commit()
+		res.ChainsWritten += len(changed)
+		res.ChainsDeleted += len(gone)
+	}
+	return b.Bytes(), res
+}
+
+// diffTable returns the chains of one table that are new or differ from
+// last, and the names of the chains last had that r has not.
+func diffTable(r, last *Rules, t Table) (changed []Chain, gone []string) {
+	c, g := diffChainMaps(last.shared[t.Name], r.shared[t.Name])
+	changed, gone = append(changed, c...), append(gone, g...)
+	own := func(pr *portRender) []Chain {
+		if pr == nil {
+			return nil
+		}
+		if t.Name == TableNAT {
+			return pr.nat
+		}
+		return pr.filter
+	}
+	// Both name lists are sorted: walk them together.
+	sameNames := sameSlice(r.names, last.names)
+	i, j := 0, 0
+	for i < len(r.names) || j < len(last.names) {
+		var pr, old *portRender
+		switch {
+		case sameNames || i < len(r.names) && j < len(last.names) && r.names[i] == last.names[j]:
+			pr, old = r.ports[i], last.ports[j]
+			i++
+			j++
+		case j == len(last.names) || i < len(r.names) && lessName(r.names[i], last.names[j]):
+			pr = r.ports[i] // new
+			i++
+		default:
+			old = last.ports[j] // gone
+			j++
+		}
+		if old != pr {
+			c, g := diffChains(own(old), own(pr))
+			changed, gone = append(changed, c...), append(gone, g...)
+		}
+	}
+	return changed, gone
+}
+
+func diffChains(prev, next []Chain) (changed []Chain, gone []string) {
+	pm := make(map[string][]string, len(prev))
+	for _, c := range prev {
+		pm[c.Name] = c.Rules
+	}
+	nm := make(map[string][]string, len(next))
+	for _, c := range next {
+		nm[c.Name] = c.Rules
+	}
+	return diffChainMaps(pm, nm)
+}
+
+func diffChainMaps(prev, next map[string][]string) (changed []Chain, gone []string) {
+	for name, rules := range next {
+		old, ok := prev[name]
+		if !ok || !sameSlice(old, rules) && !slices.Equal(old, rules) {
+			changed = append(changed, Chain{Name: name, Rules: rules})
+		}
+	}
+	for name := range prev {
+		if _, ok := next[name]; !ok {
+			gone = append(gone, name)
+		}
+	}
+	return changed, gone
+}
+
+// countWritten adds the rules restore text writes, per table.
+func countWritten(text []byte, written map[string]int) {
+	table := ""
+	for len(text) > 0 {
+		line := text
+		if i := bytes.IndexByte(text, '\n'); i >= 0 {
+			line, text = text[:i], text[i+1:]
+		} else {
+			text = nil
+		}
+		switch {
+		case len(line) > 0 && line[0] == '*':
+			table = string(line[1:])
+		case bytes.HasPrefix(line, []byte("-A ")):
+			written[table]++
+		}
+	}
+}
