@@ -132,208 +132,267 @@ func familyAddrs(addrs []netip.Addr, family v1.IPFamily) []netip.Addr {
 	return out
 }
 
+// portPlan is what one Service port gets on this node, decided from the
+// Service, its endpoints and the node before a rule is written: which
+// chains exist, where each kind of traffic goes, what is masqueraded, and
+// what is dropped or rejected. renderServicePort then only writes it down.
+type portPlan struct {
+	vip                netip.Addr
+	externalIPs, lbIPs []netip.Addr
+	// sets are the endpoints the policy chains use.
+	sets endpointSets
+	// internal is where cluster IP traffic goes, external where traffic
+	// from outside (NodePort, external and load balancer IPs) goes.
+	internal, external trafficPlan
+	// externalLocal: externalTrafficPolicy Local applies.
+	externalLocal bool
+	// extChain: SWY-EXT is written (the Service has endpoints and is
+	// reachable from outside); fwChain: SWY-FW is written (source ranges).
+	extChain, fwChain bool
+	// clusterChain, localChain: SWY-SVC and SWY-SVL are filled with
+	// endpoints.
+	clusterChain, localChain bool
+}
+
+// trafficPlan is one kind of traffic's fate: the policy chain it jumps to
+// when there is an endpoint for it, else the filter verdict and its reason.
+type trafficPlan struct {
+	chain        string // SWY-SVC or SWY-SVL; "" when it has no endpoint
+	verdict, why string // REJECT (no endpoints at all) or DROP (none local)
+}
+
+// planServicePort decides a Service port's rules (false: the Service has no
+// cluster IP of the family, so no rules). It is pure.
+func planServicePort(snap *Snapshot, cfg RenderConfig, svc *ServicePort) (portPlan, bool) {
+	name := svc.Name
+	vip, ok := svc.ClusterIP(cfg.Family)
+	if !ok {
+		return portPlan{}, false
+	}
+	p := portPlan{vip: vip, externalIPs: familyAddrs(svc.ExternalIPs, cfg.Family), lbIPs: familyAddrs(svc.LoadBalancerIPs, cfg.Family)}
+	externallyAccessible := svc.NodePort != 0 || len(p.externalIPs) > 0 || len(p.lbIPs) > 0
+	p.externalLocal = svc.ExternalPolicyLocal && externallyAccessible
+	internalLocal := svc.InternalPolicyLocal
+
+	p.sets = categorize(snap.Endpoints[name], cfg.Family, snap.Node)
+	usesCluster := !internalLocal || externallyAccessible
+	usesLocal := internalLocal || p.externalLocal
+	if !usesLocal {
+		p.sets.local = nil
+	}
+	if !usesCluster {
+		p.sets.cluster = nil
+		p.sets.any = hasUsable(snap.Endpoints[name], cfg.Family)
+	}
+	verdict, why := "REJECT", name.String()+" has no endpoints"
+	if p.sets.any {
+		verdict, why = "DROP", name.String()+" has no local endpoints"
+	}
+	policy := func(local bool) trafficPlan {
+		switch {
+		case !p.sets.any, local && len(p.sets.local) == 0:
+			return trafficPlan{verdict: verdict, why: why}
+		case local:
+			return trafficPlan{chain: LocalChainName(name)}
+		}
+		return trafficPlan{chain: ServiceChainName(name)}
+	}
+	p.internal, p.external = policy(internalLocal), policy(p.externalLocal)
+	p.extChain = p.sets.any && externallyAccessible
+	p.fwChain = p.sets.any && len(p.lbIPs) > 0 && len(svc.LoadBalancerSourceRanges) > 0
+	p.clusterChain = len(p.sets.cluster) > 0 && usesCluster
+	p.localChain = len(p.sets.local) > 0 && usesLocal
+	return p, true
+}
+
 // renderServicePort writes everything one Service port needs (its SVC,
 // SVL, EXT, FW and SEP chains, its NodePort rules, its filter-table
 // REJECT/DROP/firewall rules) and returns its entries for the dispatch.
 func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *ServicePort) []dispatchEntry {
-	name := svc.Name
-	vip, ok := svc.ClusterIP(cfg.Family)
+	p, ok := planServicePort(snap, cfg, svc)
 	if !ok {
 		return nil
 	}
-	str := name.String()
-	proto := name.Protocol
-	externalIPs := familyAddrs(svc.ExternalIPs, cfg.Family)
-	lbIPs := familyAddrs(svc.LoadBalancerIPs, cfg.Family)
-	externallyAccessible := svc.NodePort != 0 || len(externalIPs) > 0 || len(lbIPs) > 0
-	externalLocal := svc.ExternalPolicyLocal && externallyAccessible
-	internalLocal := svc.InternalPolicyLocal
+	if p.sets.any && p.internal.chain == "" {
+		out.stats.NoLocalInternal++
+	}
+	if p.sets.any && p.external.chain == "" {
+		out.stats.NoLocalExternal++
+	}
+	dispatch := renderFrontends(out, cfg, svc, p)
+	if p.internal.chain != "" {
+		renderClusterIPMasquerade(out, snap, cfg, svc, p)
+	}
+	if p.extChain {
+		renderExternalChain(out, snap, cfg, svc, p)
+	}
+	if p.fwChain {
+		renderFirewallChain(out, snap, cfg, svc, p)
+	}
+	renderEndpoints(out, snap, cfg, svc, p)
+	return dispatch
+}
 
-	sets := categorize(snap.Endpoints[name], cfg.Family, snap.Node)
-	usesCluster := !internalLocal || externallyAccessible
-	usesLocal := internalLocal || externalLocal
-	if !usesLocal {
-		sets.local = nil
+// renderFrontends returns the dispatch entries of the Service port's
+// addresses and writes its NodePort rules and its filter verdicts.
+func renderFrontends(out *output, cfg RenderConfig, svc *ServicePort, p portPlan) []dispatchEntry {
+	str, proto := svc.Name.String(), svc.Name.Protocol
+	extChain, lbChain := ExternalChainName(svc.Name), ExternalChainName(svc.Name)
+	if p.fwChain {
+		lbChain = FirewallChainName(svc.Name)
 	}
-	if !usesCluster {
-		sets.cluster = nil
-		sets.any = hasUsable(snap.Endpoints[name], cfg.Family)
-	}
-
-	svcChain, svlChain := ServiceChainName(name), LocalChainName(name)
-	extChain, fwChain := ExternalChainName(name), FirewallChainName(name)
-
-	internalChain, hasInternal := svcChain, sets.any
-	if internalLocal {
-		internalChain, hasInternal = svlChain, len(sets.local) > 0
-	}
-	externalPolicyChain, hasExternal := svcChain, sets.any
-	if externalLocal {
-		externalPolicyChain, hasExternal = svlChain, len(sets.local) > 0
-	}
-	usesExternalChain := sets.any && externallyAccessible
-	lbChain := extChain
-	usesFW := sets.any && len(lbIPs) > 0 && len(svc.LoadBalancerSourceRanges) > 0
-	if usesFW {
-		lbChain = fwChain
-	}
-
-	// What the filter table does with traffic that found no endpoint.
-	internalVerdict, internalWhy := "REJECT", str+" has no endpoints"
-	externalVerdict, externalWhy := "REJECT", str+" has no endpoints"
-	if sets.any {
-		internalVerdict, internalWhy = "DROP", str+" has no local endpoints"
-		externalVerdict, externalWhy = "DROP", str+" has no local endpoints"
-		if !hasInternal {
-			out.stats.NoLocalInternal++
-		}
-		if !hasExternal {
-			out.stats.NoLocalExternal++
-		}
-	}
-
 	var dispatch []dispatchEntry
+	entry := func(ip netip.Addr, what, target string) {
+		dispatch = append(dispatch, dispatchEntry{addr: ip, proto: proto, port: svc.Port, comment: str + " " + what, target: target})
+	}
+	refuse := func(root string, ip netip.Addr, t trafficPlan) {
+		out.filterKeyed(root, addrKeyed(ip, destMatch(ip, proto, svc.Port, t.why).add("-j", t.verdict)))
+	}
 	// The cluster IP.
-	if hasInternal {
-		dispatch = append(dispatch, dispatchEntry{addr: vip, proto: proto, port: svc.Port, comment: str + " cluster IP", target: internalChain})
+	if p.internal.chain != "" {
+		entry(p.vip, "cluster IP", p.internal.chain)
 	} else {
-		out.filterKeyed(ChainServices, addrKeyed(vip, destMatch(vip, proto, svc.Port, internalWhy).add("-j", internalVerdict)))
+		refuse(ChainServices, p.vip, p.internal)
 	}
 	// External IPs.
-	for _, ip := range externalIPs {
-		if sets.any {
-			dispatch = append(dispatch, dispatchEntry{addr: ip, proto: proto, port: svc.Port, comment: str + " external IP", target: extChain})
+	for _, ip := range p.externalIPs {
+		if p.sets.any {
+			entry(ip, "external IP", extChain)
 		}
-		if !hasExternal {
-			out.filterKeyed(ChainExternalServices, addrKeyed(ip, destMatch(ip, proto, svc.Port, externalWhy).add("-j", externalVerdict)))
+		if p.external.chain == "" {
+			refuse(ChainExternalServices, ip, p.external)
 		}
 	}
 	// Load balancer IPs.
-	for _, ip := range lbIPs {
-		if sets.any {
-			dispatch = append(dispatch, dispatchEntry{addr: ip, proto: proto, port: svc.Port, comment: str + " loadbalancer IP", target: lbChain})
+	for _, ip := range p.lbIPs {
+		if p.sets.any {
+			entry(ip, "loadbalancer IP", lbChain)
 		}
-		if usesFW {
-			out.filterKeyed(ChainProxyFirewall, addrKeyed(ip, destMatch(ip, proto, svc.Port, str+" traffic not accepted by "+fwChain).add("-j", "DROP")))
+		if p.fwChain {
+			out.filterKeyed(ChainProxyFirewall, addrKeyed(ip, destMatch(ip, proto, svc.Port, str+" traffic not accepted by "+lbChain).add("-j", "DROP")))
 		}
 	}
-	if !hasExternal {
-		for _, ip := range lbIPs {
-			out.filterKeyed(ChainExternalServices, addrKeyed(ip, destMatch(ip, proto, svc.Port, externalWhy).add("-j", externalVerdict)))
+	if p.external.chain == "" {
+		for _, ip := range p.lbIPs {
+			refuse(ChainExternalServices, ip, p.external)
 		}
 	}
 	// The NodePort (never subject to the source ranges).
 	if svc.NodePort != 0 {
-		if sets.any {
+		pr := protoLower(proto)
+		if p.sets.any {
 			if cfg.NFAcctLocalhost && cfg.LocalhostNodePortsActive() {
 				// Counted on its way in, as kube-proxy counts it.
-				out.natKeyed(ChainNodePorts, portKeyed(protoLower(proto), svc.NodePort, portMatch(proto, svc.NodePort, str).add("-d", "127.0.0.0/8",
+				out.natKeyed(ChainNodePorts, portKeyed(pr, svc.NodePort, portMatch(proto, svc.NodePort, str).add("-d", "127.0.0.0/8",
 					"-m", "nfacct", "--nfacct-name", NFAcctLocalhostNodePorts, "-j", extChain)))
 			}
-			out.natKeyed(ChainNodePorts, portKeyed(protoLower(proto), svc.NodePort, portMatch(proto, svc.NodePort, str).add("-j", extChain)))
+			out.natKeyed(ChainNodePorts, portKeyed(pr, svc.NodePort, portMatch(proto, svc.NodePort, str).add("-j", extChain)))
 		}
-		if !hasExternal {
-			p := protoLower(proto)
-			out.filterKeyed(ChainExternalServices, portKeyed(p, svc.NodePort, comment(externalWhy).add("-m", "addrtype", "--dst-type", "LOCAL",
-				"-p", p, "-m", p, "--dport", fmt.Sprint(svc.NodePort), "-j", externalVerdict)))
+		if p.external.chain == "" {
+			out.filterKeyed(ChainExternalServices, portKeyed(pr, svc.NodePort, comment(p.external.why).add("-m", "addrtype", "--dst-type", "LOCAL",
+				"-p", pr, "-m", pr, "--dport", fmt.Sprint(svc.NodePort), "-j", p.external.verdict)))
 		}
 	}
 	// The health check node port is always open in the filter table.
 	if svc.HealthCheckNodePort != 0 {
 		out.filterKeyed(ChainNodePorts, portKeyed("tcp", svc.HealthCheckNodePort, portMatch(v1.ProtocolTCP, svc.HealthCheckNodePort, str+" health check node port").add("-j", "ACCEPT")))
 	}
+	return dispatch
+}
 
-	// Masquerade off-cluster traffic to the cluster IP.
-	if hasInternal {
-		m := destMatch(vip, proto, svc.Port, str+" cluster IP")
-		if cfg.largeCluster { // the dispatch rule that jumps here names the Service
-			p := protoLower(proto)
-			m = ruleBuilder{"-d", hostPrefix(vip), "-p", p, "-m", p, "--dport", fmt.Sprint(svc.Port)}
+// renderClusterIPMasquerade marks off-cluster traffic to the cluster IP
+// for masquerade, first in its policy chain.
+func renderClusterIPMasquerade(out *output, snap *Snapshot, cfg RenderConfig, svc *ServicePort, p portPlan) {
+	m := destMatch(p.vip, svc.Name.Protocol, svc.Port, svc.Name.String()+" cluster IP")
+	if cfg.largeCluster { // the dispatch rule that jumps here names the Service
+		pr := protoLower(svc.Name.Protocol)
+		m = ruleBuilder{"-d", hostPrefix(p.vip), "-p", pr, "-m", pr, "--dport", fmt.Sprint(svc.Port)}
+	}
+	if cfg.MasqueradeAll {
+		out.natRule(p.internal.chain, m.add("-j", ChainMarkMasq))
+	} else if _, notLocal, ok := localMatch(snap, cfg); ok {
+		out.natRule(p.internal.chain, m.add(notLocal...).add("-j", ChainMarkMasq))
+	}
+}
+
+// renderExternalChain writes SWY-EXT: where traffic from outside goes.
+func renderExternalChain(out *output, snap *Snapshot, cfg RenderConfig, svc *ServicePort, p portPlan) {
+	str, extChain, svcChain := svc.Name.String(), ExternalChainName(svc.Name), ServiceChainName(svc.Name)
+	out.natChain(extChain, nil)
+	if !p.externalLocal {
+		out.natRule(extChain, comment("masquerade traffic for "+str+" external destinations").add("-j", ChainMarkMasq))
+	} else {
+		if local, _, ok := localMatch(snap, cfg); ok {
+			// Pod traffic to an external address is sent to any endpoint,
+			// as if it had gone out to the load balancer and back.
+			out.natRule(extChain, comment("pod traffic for "+str+" external destinations").add(local...).add("-j", svcChain))
 		}
-		if cfg.MasqueradeAll {
-			out.natRule(internalChain, m.add("-j", ChainMarkMasq))
-		} else if _, notLocal, ok := localMatch(snap, cfg); ok {
-			out.natRule(internalChain, m.add(notLocal...).add("-j", ChainMarkMasq))
+		// The node's own traffic to an external address: its source is a
+		// local address, so it must be masqueraded, and it goes anywhere.
+		out.natRule(extChain, comment("masquerade LOCAL traffic for "+str+" external destinations").add("-m", "addrtype", "--src-type", "LOCAL", "-j", ChainMarkMasq))
+		out.natRule(extChain, comment("route LOCAL traffic for "+str+" external destinations").add("-m", "addrtype", "--src-type", "LOCAL", "-j", svcChain))
+	}
+	if p.external.chain != "" {
+		out.natRule(extChain, ruleBuilder{"-j", p.external.chain})
+	}
+}
+
+// renderFirewallChain writes SWY-FW: the load balancer source ranges.
+func renderFirewallChain(out *output, snap *Snapshot, cfg RenderConfig, svc *ServicePort, p portPlan) {
+	str, extChain, fwChain := svc.Name.String(), ExternalChainName(svc.Name), FirewallChainName(svc.Name)
+	out.natChain(fwChain, nil)
+	c := comment(str + " loadbalancer IP")
+	allowFromNode := false
+	primary, hasPrimary := cfg.PrimaryIP(snap.Node)
+	for _, r := range svc.LoadBalancerSourceRanges {
+		if r.Addr().Is4() != (cfg.Family == v1.IPv4Protocol) {
+			continue
+		}
+		out.natRule(fwChain, c.add("-s", r.String(), "-j", extChain))
+		if hasPrimary && r.Contains(primary) {
+			allowFromNode = true
 		}
 	}
-
-	// External traffic: SWY-EXT.
-	if usesExternalChain {
-		out.natChain(extChain, nil)
-		if !externalLocal {
-			out.natRule(extChain, comment("masquerade traffic for "+str+" external destinations").add("-j", ChainMarkMasq))
-		} else {
-			if local, _, ok := localMatch(snap, cfg); ok {
-				// Pod traffic to an external address is sent to any endpoint,
-				// as if it had gone out to the load balancer and back.
-				out.natRule(extChain, comment("pod traffic for "+str+" external destinations").add(local...).add("-j", svcChain))
-			}
-			// The node's own traffic to an external address: its source is a
-			// local address, so it must be masqueraded, and it goes anywhere.
-			out.natRule(extChain, comment("masquerade LOCAL traffic for "+str+" external destinations").add("-m", "addrtype", "--src-type", "LOCAL", "-j", ChainMarkMasq))
-			out.natRule(extChain, comment("route LOCAL traffic for "+str+" external destinations").add("-m", "addrtype", "--src-type", "LOCAL", "-j", svcChain))
-		}
-		if hasExternal {
-			out.natRule(extChain, ruleBuilder{"-j", externalPolicyChain})
+	// A VIP-like load balancer's address is often local to the node:
+	// the node's own requests then come from the LB IP.
+	if allowFromNode {
+		for _, ip := range p.lbIPs {
+			out.natRule(fwChain, c.add("-s", hostPrefix(ip), "-j", extChain))
 		}
 	}
+	out.natRule(fwChain, comment("other traffic to "+str+" will be dropped by "+ChainProxyFirewall))
+}
 
-	// Source ranges: SWY-FW.
-	if usesFW {
-		out.natChain(fwChain, nil)
-		c := comment(str + " loadbalancer IP")
-		allowFromNode := false
-		primary, hasPrimary := cfg.PrimaryIP(snap.Node)
-		for _, r := range svc.LoadBalancerSourceRanges {
-			if r.Addr().Is4() != (cfg.Family == v1.IPv4Protocol) {
-				continue
-			}
-			out.natRule(fwChain, c.add("-s", r.String(), "-j", extChain))
-			if hasPrimary && r.Contains(primary) {
-				allowFromNode = true
-			}
-		}
-		// A VIP-like load balancer's address is often local to the node:
-		// the node's own requests then come from the LB IP.
-		if allowFromNode {
-			for _, ip := range lbIPs {
-				out.natRule(fwChain, c.add("-s", hostPrefix(ip), "-j", extChain))
-			}
-		}
-		out.natRule(fwChain, comment("other traffic to "+str+" will be dropped by "+ChainProxyFirewall))
-	}
-
-	// The policy chains and the endpoint chains.
-	usesClusterChain := len(sets.cluster) > 0 && usesCluster
-	usesLocalChain := len(sets.local) > 0 && usesLocal
+// renderEndpoints fills the policy chains and writes the endpoint chains.
+func renderEndpoints(out *output, snap *Snapshot, cfg RenderConfig, svc *ServicePort, p portPlan) {
+	name, str := svc.Name, svc.Name.String()
 	// With externalTrafficPolicy Local, pod traffic to an external address
 	// is short-circuited to the SVC chain unmasqueraded, and "pod" means the
 	// local-traffic detector's verdict, which (ClusterCIDR) includes pods of
 	// other nodes: a remote pod reaching itself that way needs its hairpin
 	// mark, so there every endpoint keeps its chain.
-	remote := func(ep Endpoint) bool { return !externalLocal && remoteEndpoint(snap, ep) }
-	if usesClusterChain {
-		writeEndpointRules(out, cfg, svcChain, svc, sets.cluster, remote)
+	remote := func(ep Endpoint) bool { return !p.externalLocal && remoteEndpoint(snap, ep) }
+	if p.clusterChain {
+		writeEndpointRules(out, cfg, ServiceChainName(name), svc, p.sets.cluster, remote)
 	}
-	if usesLocalChain {
-		writeEndpointRules(out, cfg, svlChain, svc, sets.local, remote)
+	if p.localChain {
+		writeEndpointRules(out, cfg, LocalChainName(name), svc, p.sets.local, remote)
 	}
 	seen := map[string]bool{}
-	for _, ep := range append(append([]Endpoint{}, sets.cluster...), sets.local...) {
+	for _, ep := range append(append([]Endpoint{}, p.sets.cluster...), p.sets.local...) {
 		sep := EndpointChainName(name, ep)
 		if seen[sep] || remote(ep) {
 			continue
 		}
 		seen[sep] = true
-		p := protoLower(proto)
+		pr := protoLower(name.Protocol)
 		out.natRule(sep, ruleBuilder{"-s", hostPrefix(ep.Addr)}.add(endpointComment(cfg, str)...).add("-j", ChainMarkMasq))
-		dnat := ruleBuilder{"-p", p}.add(endpointComment(cfg, str)...)
+		dnat := ruleBuilder{"-p", pr}.add(endpointComment(cfg, str)...)
 		if svc.AffinityTimeout > 0 {
 			dnat = dnat.add("-m", "recent", "--name", sep, "--set")
 		}
 		out.natRule(sep, dnat.add("-j", "DNAT", "--to-destination", ep.String()))
 	}
-	return dispatch
 }
 
 // hasUsable reports whether any endpoint of the family is usable anywhere.
