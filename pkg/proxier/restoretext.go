@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 )
@@ -168,4 +169,34 @@ func countWritten(text []byte, written map[string]int) {
 			written[table]++
 		}
 	}
+}
+
+// RestoreText renders complete rules as iptables-restore input for a fresh
+// network namespace: every chain declared and filled, and the jumps from the
+// built-in chains inserted. Built-in chains are never declared, so their
+// policies are untouched.
+func RestoreText(r *Rules) string {
+	var b strings.Builder
+	w := iptables.NewRestoreWriter(&b)
+	for _, t := range r.Tables {
+		w.Table(t.Name)
+		for _, c := range t.Chains {
+			w.DeclareChain(c.Name)
+		}
+		for _, c := range t.Chains {
+			w.Rules(c.Name, c.Rules)
+		}
+		var jumps []iptables.Jump
+		for _, j := range r.Jumps {
+			if j.Table == t.Name {
+				jumps = append(jumps, j)
+			}
+		}
+		// Insert in reverse so the final order matches BaseJumps.
+		for i := len(jumps) - 1; i >= 0; i-- {
+			w.Line("-I " + jumps[i].Chain + " 1 " + ruleBuilder(jumps[i].Args()).String())
+		}
+		w.Commit()
+	}
+	return b.String()
 }

@@ -1,7 +1,6 @@
 package proxier
 
 import (
-	"strings"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -84,15 +83,4 @@ func recordSync(family v1.IPFamily, rules *Rules, res SyncResult, written map[st
 	}
 	metrics.NoLocalEndpoints.WithLabelValues("internal", fam).Set(float64(rules.Stats.NoLocalInternal))
 	metrics.NoLocalEndpoints.WithLabelValues("external", fam).Set(float64(rules.Stats.NoLocalExternal))
-}
-
-func chainLevel(name string) string {
-	switch {
-	case strings.HasPrefix(name, sepChainPrefix):
-		return "endpoint"
-	case strings.HasPrefix(name, svcChainPrefix), strings.HasPrefix(name, svlChainPrefix),
-		strings.HasPrefix(name, extChainPrefix), strings.HasPrefix(name, fwChainPrefix):
-		return "service"
-	}
-	return "top"
 }
