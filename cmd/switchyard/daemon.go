@@ -283,18 +283,11 @@ func (o *daemonOptions) healthCheckAddrs(logger klog.Logger, node proxier.NodeIn
 	return out
 }
 
-func (o *daemonOptions) Run(ctx context.Context) error {
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	logger := klog.Background().WithName("switchyard")
-	ctx = klog.NewContext(ctx, logger)
-
+// apiClient is the API client the daemon's flags and kubeconfig describe.
+func (o *daemonOptions) apiClient() (kubernetes.Interface, error) {
 	cfg, err := o.restConfig()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg.UserAgent = "switchyard/" + version
 	cfg.QPS, cfg.Burst, cfg.ContentType = o.apiQPS, o.apiBurst, o.apiContent
@@ -303,32 +296,20 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return fmt.Errorf("creating API client: %w", err)
+		return nil, fmt.Errorf("creating API client: %w", err)
 	}
+	return client, nil
+}
 
-	if o.configFile != "" {
-		// As kube-proxy: a changed file ends the process, so that the
-		// DaemonSet restarts it with the new configuration.
-		var cancel context.CancelCauseFunc
-		ctx, cancel = context.WithCancelCause(ctx)
-		defer cancel(nil)
-		if err := watchConfigFile(ctx, logger, o.configFile, cancel); err != nil {
-			return err
-		}
-	}
-	o.applyOOMScoreAdj(logger)
-	reporter := watch.NewEventReporter(ctx, client, o.hostname)
-	nodeRef := &v1.ObjectReference{Kind: "Node", Name: o.hostname, UID: types.UID(o.hostname)}
-	o.applyConntrack(logger, reporter, nodeRef)
-	if !o.dryRun {
-		removeNFTablesLeftovers(ctx, logger)
-	}
+// syncers makes one Syncer per IP family whose iptables works here, after
+// the node-wide preparations their rules depend on (nfacct counters,
+// route_localnet, the be_liberal sysctl).
+func (o *daemonOptions) syncers(ctx context.Context, logger klog.Logger, reporter *watch.EventReporter, nodeRef *v1.ObjectReference) ([]*proxier.Syncer, error) {
 	beLiberal := false
 	if v, err := (hostpkg.ProcSysctl{}).Get(hostpkg.ConntrackTCPBeLiberal); err == nil && v != "0" {
 		logger.Info("nf_conntrack_tcp_be_liberal is set: not installing the rule that drops INVALID packets")
 		beLiberal = true
 	}
-	metrics.SetBuildInfo(version, "")
 	invalidCounter, localhostCounter := o.ensureNFAcct(logger, o.beLiberal || beLiberal)
 	var syncers []*proxier.Syncer
 	for _, family := range []v1.IPFamily{v1.IPv4Protocol, v1.IPv6Protocol} {
@@ -357,45 +338,14 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 		syncers = append(syncers, s)
 	}
 	if len(syncers) == 0 {
-		return fmt.Errorf("neither IPv4 nor IPv6 iptables works on this node")
+		return nil, fmt.Errorf("neither IPv4 nor IPv6 iptables works on this node")
 	}
+	return syncers, nil
+}
 
-	filter := o.filter()
-	filter.DropExternalIPs = !o.kp.effectiveGates.Enabled(features.AllowServiceExternalIPs)
-	tracker := watch.NewTracker(logger, filter, o.hostname, nil, reporter)
-	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: o.minSyncPeriod, CPUShare: o.cpuShare, SyncPeriod: o.syncPeriod, FullSyncPeriod: time.Hour}, tracker, syncers...)
-	tracker.SetNotify(p.RequestSync)
-	p.HostAddrs = func() []netip.Addr {
-		addrs, err := hostpkg.InterfaceAddrs()
-		if err != nil {
-			logger.Error(err, "Cannot list the node's addresses; NodePorts limited by --nodeport-addresses may not answer")
-		}
-		return addrs
-	}
-
-	hc := healthcheck.NewServices(logger.WithName("healthcheck"), func() []string { return o.healthCheckAddrs(logger, tracker.Node()) }, p.Healthy,
-		func(service string, port int32, err error) {
-			ns, name, _ := strings.Cut(service, "/")
-			reporter.Warn(&v1.ObjectReference{Kind: "Service", Namespace: ns, Name: name},
-				"HealthCheckNodePortUnavailable", fmt.Sprintf("health check node port %d cannot be opened on node %s: %v", port, o.hostname, err))
-		})
-	defer hc.Close()
-	p.OnSynced = func(snap *proxier.Snapshot) {
-		hc.Sync(proxier.HealthCheckPorts(snap))
-		for _, s := range syncers {
-			for name, reason := range s.Quarantined() {
-				reporter.Warn(&v1.ObjectReference{Kind: "Service", Namespace: name.Namespace, Name: name.Name},
-					"RulesRefused", fmt.Sprintf("%s rules for port %s were refused by the kernel and are left out until the Service changes: %s",
-						s.Config.Family, name.String(), reason))
-			}
-		}
-	}
-
-	if msg := hostpkg.BridgeNetfilterProblem(hostpkg.ProcSysctl{}); msg != "" {
-		logger.Info("Warning: " + msg)
-		reporter.Warn(nodeRef, "BridgeNetfilterDisabled", msg)
-	}
-	state := daemonState{Proxier: p, tracker: tracker}
+// serveEndpoints starts the healthz and metrics servers (retrying their
+// binds unless --bind-address-hard-fail).
+func (o *daemonOptions) serveEndpoints(ctx context.Context, logger klog.Logger, state daemonState) error {
 	configz, err := json.Marshal(map[string]any{"kubeproxy.config.k8s.io": o.effectiveConfig()})
 	if err != nil {
 		return err
@@ -410,7 +360,12 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 	if err := serve(ctx, logger, "metrics", o.metricsAddr, server.MetricsHandler(state, server.MetricsOptions{Profiling: o.profiling, Configz: configz})); err != nil {
 		return err
 	}
+	return nil
+}
 
+// watchAndSync starts the informers and, once their caches have synced,
+// runs the sync loops until ctx ends; the rules stay in place after.
+func (o *daemonOptions) watchAndSync(ctx context.Context, logger klog.Logger, client kubernetes.Interface, tracker *watch.Tracker, p *proxier.Proxier) error {
 	w := watch.NewWatcher(client, tracker, o.kp.configSync)
 	logger.Info("Starting switchyard", "version", version, "node", o.hostname, "clusterCIDR", o.clusterCIDR,
 		"masqueradeAll", o.masqueradeAll, "serviceProxyName", o.proxyName, "dryRun", o.dryRun)
@@ -431,4 +386,92 @@ func (o *daemonOptions) Run(ctx context.Context) error {
 	}
 	logger.Info("Shutting down; rules stay in place")
 	return nil
+}
+
+// reportQuarantined raises an Event for each Service port whose rules the
+// kernel refused.
+func reportQuarantined(reporter *watch.EventReporter, syncers []*proxier.Syncer) {
+	for _, s := range syncers {
+		for name, reason := range s.Quarantined() {
+			reporter.Warn(&v1.ObjectReference{Kind: "Service", Namespace: name.Namespace, Name: name.Name},
+				"RulesRefused", fmt.Sprintf("%s rules for port %s were refused by the kernel and are left out until the Service changes: %s",
+					s.Config.Family, name.String(), reason))
+		}
+	}
+}
+
+func (o *daemonOptions) Run(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logger := klog.Background().WithName("switchyard")
+	ctx = klog.NewContext(ctx, logger)
+
+	client, err := o.apiClient()
+	if err != nil {
+		return err
+	}
+
+	if o.configFile != "" {
+		// As kube-proxy: a changed file ends the process, so that the
+		// DaemonSet restarts it with the new configuration.
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		if err := watchConfigFile(ctx, logger, o.configFile, cancel); err != nil {
+			return err
+		}
+	}
+	o.applyOOMScoreAdj(logger)
+	reporter := watch.NewEventReporter(ctx, client, o.hostname)
+	nodeRef := &v1.ObjectReference{Kind: "Node", Name: o.hostname, UID: types.UID(o.hostname)}
+	o.applyConntrack(logger, reporter, nodeRef)
+	if !o.dryRun {
+		removeNFTablesLeftovers(ctx, logger)
+	}
+	metrics.SetBuildInfo(version, "")
+	syncers, err := o.syncers(ctx, logger, reporter, nodeRef)
+	if err != nil {
+		return err
+	}
+
+	filter := o.filter()
+	filter.DropExternalIPs = !o.kp.effectiveGates.Enabled(features.AllowServiceExternalIPs)
+	tracker := watch.NewTracker(logger, filter, o.hostname, reporter)
+	// The health check servers answer with the proxier's health, and the
+	// proxier hands them every synced snapshot.
+	var p *proxier.Proxier
+	hc := healthcheck.NewServices(logger.WithName("healthcheck"), func() []string { return o.healthCheckAddrs(logger, tracker.Node()) },
+		func() bool { return p.Healthy() },
+		func(service string, port int32, err error) {
+			ns, name, _ := strings.Cut(service, "/")
+			reporter.Warn(&v1.ObjectReference{Kind: "Service", Namespace: ns, Name: name},
+				"HealthCheckNodePortUnavailable", fmt.Sprintf("health check node port %d cannot be opened on node %s: %v", port, o.hostname, err))
+		})
+	defer hc.Close()
+	p = proxier.New(proxier.LoopConfig{MinSyncPeriod: o.minSyncPeriod, CPUShare: o.cpuShare, SyncPeriod: o.syncPeriod, FullSyncPeriod: time.Hour,
+		HostAddrs: func() []netip.Addr {
+			addrs, err := hostpkg.InterfaceAddrs()
+			if err != nil {
+				logger.Error(err, "Cannot list the node's addresses; NodePorts limited by --nodeport-addresses may not answer")
+			}
+			return addrs
+		},
+		OnSynced: func(snap *proxier.Snapshot) {
+			hc.Sync(proxier.HealthCheckPorts(snap))
+			reportQuarantined(reporter, syncers)
+		},
+	}, tracker, syncers...)
+
+	if msg := hostpkg.BridgeNetfilterProblem(hostpkg.ProcSysctl{}); msg != "" {
+		logger.Info("Warning: " + msg)
+		reporter.Warn(nodeRef, "BridgeNetfilterDisabled", msg)
+	}
+	if err := o.serveEndpoints(ctx, logger, daemonState{Proxier: p, tracker: tracker}); err != nil {
+		return err
+	}
+
+	return o.watchAndSync(ctx, logger, client, tracker, p)
 }

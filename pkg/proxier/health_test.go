@@ -48,9 +48,9 @@ func TestProxierHealth(t *testing.T) {
 	defer cancel()
 	fake := iptables.NewFake()
 	src := &fixedSource{snap: NewSnapshot()}
-	p := New(LoopConfig{MinSyncPeriod: 0, SyncPeriod: 100 * time.Millisecond}, src, NewSyncer(defaultConfig(), fake))
 	var synced atomic.Int32
-	p.OnSynced = func(*Snapshot) { synced.Add(1) }
+	p := New(LoopConfig{MinSyncPeriod: 0, SyncPeriod: 100 * time.Millisecond, OnSynced: func(*Snapshot) { synced.Add(1) }},
+		src, NewSyncer(defaultConfig(), fake))
 	go p.Run(ctx)
 	<-p.Synced()
 	if !p.Healthy() {

@@ -29,7 +29,13 @@ type endpointWaiter interface {
 	AwaitsEndpoints() bool
 }
 
-// LoopConfig sets the sync loop's timing.
+// ChangeNotifier is a SnapshotSource that says when it has changes: the
+// loop requests a sync on each value from Changes.
+type ChangeNotifier interface {
+	Changes() <-chan struct{}
+}
+
+// LoopConfig sets the sync loop's timing and its hooks.
 type LoopConfig struct {
 	// MinSyncPeriod is the least time between two syncs; bursts of changes
 	// inside it collapse into one sync.
@@ -43,6 +49,13 @@ type LoopConfig struct {
 	// and their iptables processes may use on average under sustained
 	// churn; syncs are spaced out to keep to it (see cpuBudget).
 	CPUShare float64
+
+	// HostAddrs, when set, supplies the node's interface addresses for
+	// each snapshot (for --nodeport-addresses).
+	HostAddrs func() []netip.Addr
+	// OnSynced, when set, is called after every successful sync with the
+	// snapshot that was applied (the health check servers follow it).
+	OnSynced func(*Snapshot)
 }
 
 // Proxier runs the sync loops, one per IP family, as kube-proxy does: each
@@ -58,13 +71,6 @@ type Proxier struct {
 	// snapMu serialises taking snapshots: each hands over the trigger times
 	// of the changes it folds in, which every family must see once.
 	snapMu sync.Mutex
-
-	// HostAddrs, when set, supplies the node's interface addresses for
-	// each snapshot (for --nodeport-addresses).
-	HostAddrs func() []netip.Addr
-	// OnSynced, when set, is called after every successful sync with the
-	// snapshot that was applied (the health check servers follow it).
-	OnSynced func(*Snapshot)
 
 	mu         sync.Mutex
 	lastSync   time.Time
@@ -246,8 +252,8 @@ func (p *Proxier) snapshotFor(l *familyLoop) *Snapshot {
 		snap.TriggerTimes = slices.Concat(l.triggers, fresh)
 		l.triggers = nil
 	}
-	if p.HostAddrs != nil {
-		snap.HostAddrs = p.HostAddrs()
+	if p.cfg.HostAddrs != nil {
+		snap.HostAddrs = p.cfg.HostAddrs()
 	}
 	return snap
 }
@@ -308,8 +314,8 @@ func (p *Proxier) syncFamily(ctx context.Context, l *familyLoop) (more bool, _ e
 	if err != nil {
 		return false, err
 	}
-	if p.OnSynced != nil {
-		p.OnSynced(snap)
+	if p.cfg.OnSynced != nil {
+		p.cfg.OnSynced(snap)
 	}
 	if allSynced {
 		p.syncedOnce.Do(func() { close(p.synced) })
@@ -332,6 +338,13 @@ func (p *Proxier) Run(ctx context.Context) {
 		join, release = func() error { return nil }, func() {}
 	}
 	defer release()
+	if n, ok := p.source.(ChangeNotifier); ok {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.followChanges(ctx, n.Changes())
+		}()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -358,6 +371,18 @@ func (p *Proxier) Run(ctx context.Context) {
 	}
 	p.runFamily(ctx, p.loops[0])
 	wg.Wait()
+}
+
+// followChanges requests a sync for every change the source announces.
+func (p *Proxier) followChanges(ctx context.Context, changes <-chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+			p.RequestSync()
+		}
+	}
 }
 
 // runFamily is one family's sync loop.

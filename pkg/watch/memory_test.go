@@ -69,7 +69,7 @@ func heap() float64 {
 func BenchmarkMemory10k(b *testing.B) {
 	for b.Loop() {
 		before := heap()
-		tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
+		tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil)
 		transform := newTransform(proxier.Filter{})
 		services, slices := cache.NewStore(cache.DeletionHandlingMetaNamespaceKeyFunc), cache.NewStore(cache.DeletionHandlingMetaNamespaceKeyFunc)
 		svcH, sliceH := serviceHandler(tr), sliceHandler(tr)
@@ -134,7 +134,7 @@ func peakRSS() float64 {
 // IP families (the IPv6 one has nothing to program). The host keeps
 // nothing, so this is the Go side of a change only.
 func BenchmarkDaemonSyncOneChange10k(b *testing.B) {
-	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil)
 	for i := range 10000 {
 		svc, sl := benchObjects(i, 10)
 		tr.UpdateService(svc)

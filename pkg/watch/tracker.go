@@ -26,7 +26,7 @@ type Reporter interface {
 type Tracker struct {
 	filter   proxier.Filter
 	nodeName string
-	notify   func()
+	changes  chan struct{}
 	logger   klog.Logger
 	reporter Reporter
 
@@ -51,14 +51,11 @@ type Tracker struct {
 	sorted []proxier.ServicePortName
 }
 
-// NewTracker returns an empty tracker. notify is called after every recorded
-// change (it should only request a sync).
-func NewTracker(logger klog.Logger, filter proxier.Filter, nodeName string, notify func(), reporter Reporter) *Tracker {
-	if notify == nil {
-		notify = func() {}
-	}
+// NewTracker returns an empty tracker. reporter, when not nil, gets an
+// Event for every invalid object.
+func NewTracker(logger klog.Logger, filter proxier.Filter, nodeName string, reporter Reporter) *Tracker {
 	return &Tracker{
-		filter: filter, nodeName: nodeName, notify: notify, logger: logger, reporter: reporter,
+		filter: filter, nodeName: nodeName, changes: make(chan struct{}, 1), logger: logger, reporter: reporter,
 		services:   map[string][]*proxier.ServicePort{},
 		slices:     map[string]map[string]map[proxier.PortKey][]proxier.Endpoint{},
 		merged:     map[string]map[proxier.PortKey][]proxier.Endpoint{},
@@ -89,18 +86,15 @@ func (t *Tracker) sliceChangedLocked(key string, annotations map[string]string) 
 	}
 }
 
-// SetNotify replaces the change callback.
-func (t *Tracker) SetNotify(f func()) {
-	t.mu.Lock()
-	t.notify = f
-	t.mu.Unlock()
-}
+// Changes receives a value after recorded changes: changes made while one
+// is waiting collapse into it. The sync loop takes a snapshot in answer.
+func (t *Tracker) Changes() <-chan struct{} { return t.changes }
 
 func (t *Tracker) changed() {
-	t.mu.Lock()
-	f := t.notify
-	t.mu.Unlock()
-	f()
+	select {
+	case t.changes <- struct{}{}:
+	default:
+	}
 }
 
 func (t *Tracker) warn(obj any, reason string, err error) {

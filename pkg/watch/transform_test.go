@@ -75,7 +75,7 @@ func TestStripTransformKeepsTheModel(t *testing.T) {
 		t.Errorf("invalid endpoint: err %v, endpoints %+v; want the error and the valid endpoints", p.err, p.endpoints)
 	}
 	rep := &recordingReporter{}
-	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, rep)
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", rep)
 	tr.updateParsedSlice(p)
 	if len(rep.objs) != 1 || rep.reasons[0] != "InvalidEndpointSlice" {
 		t.Fatalf("reported %v, want one InvalidEndpointSlice", rep.reasons)
@@ -96,7 +96,7 @@ func TestStripTransformKeepsTheModel(t *testing.T) {
 // A parsed slice deleted while the watch was down reaches the tracker as a
 // tombstone holding the cached (parsed) form, keyed as the API object was.
 func TestParsedSliceTombstoneDeletes(t *testing.T) {
-	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil)
 	tr.UpdateService(svc("web"))
 	obj, _ := newTransform(proxier.Filter{})(slice("web-1", "web", "10.0.0.1"))
 	h := sliceHandler(tr)
@@ -148,7 +148,7 @@ func TestServiceTransformKeepsTheModel(t *testing.T) {
 	bad.Spec.ExternalIPs = append(bad.Spec.ExternalIPs, "not-an-ip")
 	obj, _ = transform(bad)
 	rep := &recordingReporter{}
-	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, rep)
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", rep)
 	tr.updateParsedService(obj.(*parsedService))
 	if len(rep.objs) != 1 || rep.reasons[0] != "InvalidService" {
 		t.Fatalf("reported %v, want one InvalidService", rep.reasons)

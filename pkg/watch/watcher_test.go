@@ -24,10 +24,9 @@ func TestWatcherDrivesSyncs(t *testing.T) {
 	defer cancel()
 	client := fake.NewClientset()
 	host := iptables.NewFake()
-	tracker := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil, nil)
+	tracker := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil)
 	syncer := proxier.NewSyncer(proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14}, host)
 	p := proxier.New(proxier.LoopConfig{MinSyncPeriod: 10 * time.Millisecond, SyncPeriod: time.Minute}, tracker, syncer)
-	tracker.SetNotify(p.RequestSync)
 	w := NewWatcher(client, tracker, 0)
 	if err := w.Start(ctx); err != nil {
 		t.Fatal(err)
