@@ -8,13 +8,10 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
-
-	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 )
 
 // The node of the behaviour tests, and addresses around it.
 var (
-	nodeIP     = netip.MustParseAddr("192.168.50.10")
 	podA       = netip.MustParseAddr("10.244.1.5") // an endpoint of default/web
 	otherPod   = netip.MustParseAddr("10.244.3.9") // a pod that is no endpoint
 	outsideIP  = netip.MustParseAddr("172.16.0.9") // a host outside the cluster
@@ -26,34 +23,8 @@ var (
 	rollingVIP = "10.96.20.1:80"
 )
 
-// tracePacket renders the snapshot with cfg and traces one packet.
-func tracePacket(t *testing.T, snap *Snapshot, cfg RenderConfig, src netip.Addr, dst, proto string) *iptables.Trace {
-	t.Helper()
-	rs, err := iptables.ParseSave(RestoreText(Render(snap, cfg)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ap := netip.MustParseAddrPort(dst)
-	return iptables.TracePacket(rs, iptables.TraceInput{
-		Packet:     iptables.Packet{Src: src, Dst: ap.Addr(), DstPort: int(ap.Port()), SrcPort: 40000, Protocol: proto},
-		LocalAddrs: []netip.Addr{nodeIP},
-	})
-}
-
-func masqueraded(tr *iptables.Trace) (all, none bool) {
-	all, none = true, true
-	for _, o := range tr.Outcomes {
-		if o.Masquerade {
-			none = false
-		} else {
-			all = false
-		}
-	}
-	return all, none
-}
-
 func TestPodToClusterIPReachesEveryEndpointUnmasqueraded(t *testing.T) {
-	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig(), otherPod, webVIP, "tcp")
+	tr := traceRules(t, Render(loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig()), flow{src: otherPod, dst: webVIP, proto: "tcp"})
 	if got := tr.Endpoints(); !reflect.DeepEqual(got, webEPs) {
 		t.Errorf("endpoints = %v, want %v\n%s", got, webEPs, tr.Text())
 	}
@@ -69,7 +40,7 @@ func TestPodToClusterIPReachesEveryEndpointUnmasqueraded(t *testing.T) {
 }
 
 func TestNodeToClusterIPIsMasqueraded(t *testing.T) {
-	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig(), nodeIP, webVIP, "tcp")
+	tr := traceRules(t, Render(loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig()), flow{src: nodeIP, dst: webVIP, proto: "tcp"})
 	if !tr.Local {
 		t.Error("the node's own address did not enter through OUTPUT")
 	}
@@ -82,14 +53,14 @@ func TestNodeToClusterIPIsMasqueraded(t *testing.T) {
 }
 
 func TestOffClusterSourceIsMasqueraded(t *testing.T) {
-	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig(), outsideIP, webVIP, "tcp")
+	tr := traceRules(t, Render(loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig()), flow{src: outsideIP, dst: webVIP, proto: "tcp"})
 	if all, _ := masqueraded(tr); !all {
 		t.Errorf("traffic from outside the cluster CIDR was not masqueraded:\n%s", tr.Text())
 	}
 }
 
 func TestHairpinIsMasqueraded(t *testing.T) {
-	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig(), podA, webVIP, "tcp")
+	tr := traceRules(t, Render(loadSnapshot(t, "basic.yaml", "node-a"), defaultConfig()), flow{src: podA, dst: webVIP, proto: "tcp"})
 	// Both endpoints must be reached, or a trace with no outcomes (a rule
 	// set that drops the Service) would pass.
 	if got := tr.Endpoints(); !reflect.DeepEqual(got, webEPs) {
@@ -113,12 +84,12 @@ func TestMasqueradeAllAndNoClusterCIDR(t *testing.T) {
 	snap := loadSnapshot(t, "basic.yaml", "node-a")
 	cfg := defaultConfig()
 	cfg.MasqueradeAll = true
-	if all, _ := masqueraded(tracePacket(t, snap, cfg, otherPod, webVIP, "tcp")); !all {
+	if all, _ := masqueraded(traceRules(t, Render(snap, cfg), flow{src: otherPod, dst: webVIP, proto: "tcp"})); !all {
 		t.Error("--masquerade-all did not masquerade pod traffic")
 	}
 	cfg = defaultConfig()
 	cfg.ClusterCIDR = netip.Prefix{}
-	if _, none := masqueraded(tracePacket(t, snap, cfg, outsideIP, webVIP, "tcp")); !none {
+	if _, none := masqueraded(traceRules(t, Render(snap, cfg), flow{src: outsideIP, dst: webVIP, proto: "tcp"})); !none {
 		t.Error("without --cluster-cidr, ClusterIP traffic from outside was masqueraded")
 	}
 }
@@ -126,7 +97,7 @@ func TestMasqueradeAllAndNoClusterCIDR(t *testing.T) {
 func TestMasqueradeBitIsHonoured(t *testing.T) {
 	cfg := defaultConfig()
 	cfg.MasqueradeBit = 3
-	tr := tracePacket(t, loadSnapshot(t, "basic.yaml", "node-a"), cfg, nodeIP, webVIP, "tcp")
+	tr := traceRules(t, Render(loadSnapshot(t, "basic.yaml", "node-a"), cfg), flow{src: nodeIP, dst: webVIP, proto: "tcp"})
 	if all, _ := masqueraded(tr); !all {
 		t.Errorf("not masqueraded with bit 3:\n%s", tr.Text())
 	}
@@ -139,7 +110,7 @@ func TestMasqueradeBitIsHonoured(t *testing.T) {
 func TestNoEndpointsRejects(t *testing.T) {
 	snap := loadSnapshot(t, "basic.yaml", "node-a")
 	for _, src := range []netip.Addr{otherPod, nodeIP} {
-		tr := tracePacket(t, snap, defaultConfig(), src, emptyVIP, "udp")
+		tr := traceRules(t, Render(snap, defaultConfig()), flow{src: src, dst: emptyVIP, proto: "udp"})
 		if got := tr.Verdicts(); !reflect.DeepEqual(got, []string{"REJECT"}) {
 			t.Errorf("from %s: verdicts = %v, want REJECT\n%s", src, got, tr.Text())
 		}
@@ -152,7 +123,7 @@ func TestNoEndpointsRejects(t *testing.T) {
 func TestWrongPortOrProtocolDoesNotMatch(t *testing.T) {
 	snap := loadSnapshot(t, "basic.yaml", "node-a")
 	for _, c := range []struct{ dst, proto string }{{"10.96.0.10:81", "tcp"}, {webVIP, "udp"}, {"10.96.0.12:80", "tcp"}, {"10.96.0.11:53", "tcp"}} {
-		tr := tracePacket(t, snap, defaultConfig(), otherPod, c.dst, c.proto)
+		tr := traceRules(t, Render(snap, defaultConfig()), flow{src: otherPod, dst: c.dst, proto: c.proto})
 		if eps := tr.Endpoints(); len(eps) != 0 {
 			t.Errorf("%s %s: reached %v", c.proto, c.dst, eps)
 		}
@@ -174,7 +145,7 @@ func TestMultiPortNamedTargetPorts(t *testing.T) {
 		{"10.96.0.53:7777", "sctp", []string{"10.244.1.2:7777", "10.244.2.2:7777"}},
 	}
 	for _, c := range cases {
-		tr := tracePacket(t, snap, defaultConfig(), otherPod, c.dst, c.proto)
+		tr := traceRules(t, Render(snap, defaultConfig()), flow{src: otherPod, dst: c.dst, proto: c.proto})
 		if got := tr.Endpoints(); !reflect.DeepEqual(got, c.want) {
 			t.Errorf("%s %s: endpoints %v, want %v", c.proto, c.dst, got, c.want)
 		}
@@ -214,7 +185,7 @@ func TestSessionAffinityRules(t *testing.T) {
 		t.Errorf("custom timeout missing:\n%s", r)
 	}
 	// A first connection (no affinity entry yet) still reaches every endpoint.
-	tr := tracePacket(t, snap, defaultConfig(), otherPod, stickyVIP, "tcp")
+	tr := traceRules(t, Render(snap, defaultConfig()), flow{src: otherPod, dst: stickyVIP, proto: "tcp"})
 	if got := tr.Endpoints(); len(got) != 3 {
 		t.Errorf("first connection reaches %v", got)
 	}
@@ -224,7 +195,7 @@ func TestSessionAffinityRules(t *testing.T) {
 }
 
 func TestTerminatingEndpointsServeWhenNoneReady(t *testing.T) {
-	tr := tracePacket(t, loadSnapshot(t, "terminating.yaml", "node-a"), defaultConfig(), otherPod, rollingVIP, "tcp")
+	tr := traceRules(t, Render(loadSnapshot(t, "terminating.yaml", "node-a"), defaultConfig()), flow{src: otherPod, dst: rollingVIP, proto: "tcp"})
 	if got, want := tr.Endpoints(), []string{"10.244.1.30:8080"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("endpoints = %v, want %v", got, want)
 	}
@@ -234,7 +205,7 @@ func TestReadyEndpointsWinOverTerminating(t *testing.T) {
 	snap := loadSnapshot(t, "terminating.yaml", "node-a")
 	n := ServicePortName{Namespace: "default", Name: "rolling", Port: "http", Protocol: v1.ProtocolTCP}
 	snap.Endpoints[n] = append(snap.Endpoints[n], Endpoint{Addr: netip.MustParseAddr("10.244.1.33"), Port: 8080, Ready: true, Serving: true})
-	tr := tracePacket(t, snap, defaultConfig(), otherPod, rollingVIP, "tcp")
+	tr := traceRules(t, Render(snap, defaultConfig()), flow{src: otherPod, dst: rollingVIP, proto: "tcp"})
 	if got, want := tr.Endpoints(), []string{"10.244.1.33:8080"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("endpoints = %v, want %v", got, want)
 	}
@@ -246,11 +217,11 @@ func TestSkippedObjectsAreNotProxied(t *testing.T) {
 		t.Errorf("services = %v, want only default/plain", snap.SortedNames())
 	}
 	// default/plain's only slices are FQDN and unlabelled: it has no endpoints.
-	tr := tracePacket(t, snap, defaultConfig(), otherPod, "10.96.30.2:80", "tcp")
+	tr := traceRules(t, Render(snap, defaultConfig()), flow{src: otherPod, dst: "10.96.30.2:80", proto: "tcp"})
 	if got := tr.Verdicts(); !reflect.DeepEqual(got, []string{"REJECT"}) {
 		t.Errorf("default/plain: verdicts %v, want REJECT", got)
 	}
-	tr = tracePacket(t, snap, defaultConfig(), otherPod, "10.96.30.1:80", "tcp")
+	tr = traceRules(t, Render(snap, defaultConfig()), flow{src: otherPod, dst: "10.96.30.1:80", proto: "tcp"})
 	if got := tr.Verdicts(); !reflect.DeepEqual(got, []string{"ACCEPT"}) || len(tr.Endpoints()) != 0 {
 		t.Errorf("another proxy's Service was programmed: %v %v", got, tr.Endpoints())
 	}
@@ -329,8 +300,8 @@ func TestLargeClusterDropsCommentsBelowTheDispatchRule(t *testing.T) {
 			t.Errorf("above %d endpoints the Service chain still has a commented rule: %s", LargeClusterEndpoints, r)
 		}
 	}
-	trSmall := tracePacket(t, small, defaultConfig(), otherPod, vip, "tcp")
-	trLarge := tracePacket(t, large, defaultConfig(), otherPod, vip, "tcp")
+	trSmall := traceRules(t, Render(small, defaultConfig()), flow{src: otherPod, dst: vip, proto: "tcp"})
+	trLarge := traceRules(t, Render(large, defaultConfig()), flow{src: otherPod, dst: vip, proto: "tcp"})
 	if !reflect.DeepEqual(trSmall.Endpoints(), trLarge.Endpoints()) || len(trLarge.Endpoints()) != 10 {
 		t.Errorf("endpoints differ: %v and %v", trSmall.Endpoints(), trLarge.Endpoints())
 	}
@@ -341,7 +312,7 @@ func TestLargeClusterDropsCommentsBelowTheDispatchRule(t *testing.T) {
 	self := small.Endpoints[n][0].Addr
 	for _, snap := range []*Snapshot{small, large} {
 		hairpins := 0
-		for _, o := range tracePacket(t, snap, defaultConfig(), self, vip, "tcp").Outcomes {
+		for _, o := range traceRules(t, Render(snap, defaultConfig()), flow{src: self, dst: vip, proto: "tcp"}).Outcomes {
 			if o.DNAT == netip.AddrPortFrom(self, 8080).String() {
 				hairpins++
 				if !o.Masquerade {

@@ -1,4 +1,4 @@
-package proxier_test
+package proxier
 
 import (
 	"context"
@@ -11,22 +11,21 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
-	"github.com/switchyard-proxy/switchyard/pkg/proxier"
 )
 
 // boundSnapshot is n Services with three endpoints each; version picks
 // the endpoints' port, so a new version changes every Service.
-func boundSnapshot(names []string, version int) *proxier.Snapshot {
-	snap := proxier.NewSnapshot()
+func boundSnapshot(names []string, version int) *Snapshot {
+	snap := NewSnapshot()
 	for _, s := range names {
 		var i int
 		if _, err := fmt.Sscanf(s, "svc-%d", &i); err != nil {
 			panic(err)
 		}
-		name := proxier.ServicePortName{Namespace: "b", Name: s, Port: "http", Protocol: v1.ProtocolTCP}
-		snap.Services[name] = &proxier.ServicePort{Name: name, Port: 80, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})}}
+		name := ServicePortName{Namespace: "b", Name: s, Port: "http", Protocol: v1.ProtocolTCP}
+		snap.Services[name] = &ServicePort{Name: name, Port: 80, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)})}}
 		for e := range 3 {
-			snap.Endpoints[name] = append(snap.Endpoints[name], proxier.Endpoint{
+			snap.Endpoints[name] = append(snap.Endpoints[name], Endpoint{
 				Addr: netip.AddrFrom4([4]byte{10, 244, byte(e), byte(i)}), Port: int32(8000 + version), Ready: true, Serving: true})
 		}
 	}
@@ -43,8 +42,7 @@ func svcNames(from, to int) []string {
 
 // reached is where a connection from a pod to the Service's ClusterIP may go.
 func reached(rs *iptables.Ruleset, i int) string {
-	tr := iptables.TracePacket(rs, iptables.TraceInput{Packet: iptables.Packet{
-		Src: netip.MustParseAddr("10.244.9.9"), Dst: netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), DstPort: 80, SrcPort: 40000, Protocol: "tcp"}})
+	tr := traceIn(rs, flow{src: netip.MustParseAddr("10.244.9.9"), dst: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}), 80).String()})
 	eps := tr.Endpoints()
 	if len(eps) == 0 {
 		for _, o := range tr.Outcomes {
@@ -63,9 +61,9 @@ func reached(rs *iptables.Ruleset, i int) string {
 // new; the last one leaves exactly the rules a single sync would.
 func TestBoundedSyncsStepThroughConsistentStates(t *testing.T) {
 	ctx := context.Background()
-	cfg := proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}
+	cfg := RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}
 	host := iptables.NewFake()
-	s := proxier.NewSyncer(cfg, host)
+	s := NewSyncer(cfg, host)
 	s.MaxRestoreRules = 60
 	before := boundSnapshot(svcNames(0, 40), 0)
 	if _, err := s.Sync(ctx, before); err != nil {
@@ -76,7 +74,7 @@ func TestBoundedSyncsStepThroughConsistentStates(t *testing.T) {
 	oldState, newState := map[int]string{}, map[int]string{}
 	oldRules := host.Snapshot()
 	freshHost := iptables.NewFake()
-	if _, err := proxier.NewSyncer(cfg, freshHost).Sync(ctx, after); err != nil {
+	if _, err := NewSyncer(cfg, freshHost).Sync(ctx, after); err != nil {
 		t.Fatal(err)
 	}
 	newRules := freshHost.Snapshot()
@@ -108,7 +106,7 @@ func TestBoundedSyncsStepThroughConsistentStates(t *testing.T) {
 	for i, text := range host.Restores[firstRestore:] {
 		// Each Service port costs 13 rules here; allow one over the bound,
 		// and the dispatch leaf it lands in (rewritten whole).
-		if n := strings.Count(text, "\n-A ") + strings.Count(text, "\n-X "); n > 60+13+proxier.DefaultDispatchLeafSize+4 {
+		if n := strings.Count(text, "\n-A ") + strings.Count(text, "\n-X "); n > 60+13+DefaultDispatchLeafSize+4 {
 			t.Errorf("restore %d writes or deletes %d rules and chains, bound 60", i, n)
 		}
 	}
@@ -137,15 +135,15 @@ func TestBoundedSyncsStepThroughConsistentStates(t *testing.T) {
 // end state is a single full sync's, stale chains gone.
 func TestChunkedFullSyncStepsThroughConsistentStates(t *testing.T) {
 	ctx := context.Background()
-	cfg := proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), DispatchLeafSize: 4}
+	cfg := RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16"), DispatchLeafSize: 4}
 	host := iptables.NewFake()
-	if _, err := proxier.NewSyncer(cfg, host).Sync(ctx, boundSnapshot(svcNames(0, 40), 0)); err != nil {
+	if _, err := NewSyncer(cfg, host).Sync(ctx, boundSnapshot(svcNames(0, 40), 0)); err != nil {
 		t.Fatal(err)
 	}
 	initial := host.Snapshot()
 	after := boundSnapshot(svcNames(20, 80), 1)
 	fresh := iptables.NewFake()
-	if _, err := proxier.NewSyncer(cfg, fresh).Sync(ctx, after); err != nil {
+	if _, err := NewSyncer(cfg, fresh).Sync(ctx, after); err != nil {
 		t.Fatal(err)
 	}
 	oldState, newState := map[int]string{}, map[int]string{}
@@ -153,7 +151,7 @@ func TestChunkedFullSyncStepsThroughConsistentStates(t *testing.T) {
 		oldState[i], newState[i] = reached(initial, i), reached(fresh.Snapshot(), i)
 	}
 
-	restarted := proxier.NewSyncer(cfg, host)
+	restarted := NewSyncer(cfg, host)
 	restarted.MaxRestoreRules = 20
 	before := len(host.Restores)
 	if _, err := restarted.Sync(ctx, after); err != nil {
@@ -193,9 +191,9 @@ func TestChunkedFullSyncStepsThroughConsistentStates(t *testing.T) {
 // queued takes it over in the first bounded step: the deletion goes with it.
 func TestBoundedSyncsMoveAReusedAddressAtOnce(t *testing.T) {
 	ctx := context.Background()
-	cfg := proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}
+	cfg := RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}
 	host := iptables.NewFake()
-	s := proxier.NewSyncer(cfg, host)
+	s := NewSyncer(cfg, host)
 	s.MaxRestoreRules = 40 // svc-000 (unchanged, but a new object: an update) and zz-new fit
 	if _, err := s.Sync(ctx, boundSnapshot(svcNames(0, 40), 0)); err != nil {
 		t.Fatal(err)
@@ -203,9 +201,9 @@ func TestBoundedSyncsMoveAReusedAddressAtOnce(t *testing.T) {
 	// Everything but svc-000 goes; "zz-new" (last in name order) takes
 	// svc-039's address.
 	after := boundSnapshot(svcNames(0, 1), 0)
-	name := proxier.ServicePortName{Namespace: "b", Name: "zz-new", Port: "http", Protocol: v1.ProtocolTCP}
-	after.Services[name] = &proxier.ServicePort{Name: name, Port: 80, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.39")}}
-	after.Endpoints[name] = []proxier.Endpoint{{Addr: netip.MustParseAddr("10.244.7.7"), Port: 9999, Ready: true, Serving: true}}
+	name := ServicePortName{Namespace: "b", Name: "zz-new", Port: "http", Protocol: v1.ProtocolTCP}
+	after.Services[name] = &ServicePort{Name: name, Port: 80, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.39")}}
+	after.Endpoints[name] = []Endpoint{{Addr: netip.MustParseAddr("10.244.7.7"), Port: 9999, Ready: true, Serving: true}}
 	res, err := s.Sync(ctx, after)
 	if err != nil {
 		t.Fatal(err)

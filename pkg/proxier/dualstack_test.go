@@ -6,8 +6,6 @@ import (
 	"testing"
 
 	v1 "k8s.io/api/core/v1"
-
-	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 )
 
 func v6Config() RenderConfig {
@@ -17,43 +15,20 @@ func v6Config() RenderConfig {
 	return c
 }
 
-func traceV6(t *testing.T, r *Rules, src, dst, proto string, w want) {
-	t.Helper()
-	rs, err := iptables.ParseSave(RestoreText(r))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := netip.MustParseAddrPort(dst)
-	tr := iptables.TracePacket(rs, iptables.TraceInput{
-		Packet:     iptables.Packet{Src: netip.MustParseAddr(src), Dst: d.Addr(), DstPort: int(d.Port()), SrcPort: 40000, Protocol: proto},
-		LocalAddrs: []netip.Addr{netip.MustParseAddr("fd00:50::10")},
-	})
-	if got := strings.Join(tr.Endpoints(), ","); got != strings.Join(w.endpoints, ",") {
-		t.Errorf("%s -> %s: endpoints %v, want %v\n%s", src, dst, tr.Endpoints(), w.endpoints, tr.Text())
-	}
-	if got := tr.Verdicts(); len(got) != 1 || got[0] != w.verdict {
-		t.Errorf("%s -> %s: verdicts %v, want %s", src, dst, got, w.verdict)
-	}
-	if w.masq != nil {
-		all, none := masqueraded(tr)
-		if *w.masq && !all || !*w.masq && !none {
-			t.Errorf("%s -> %s: masquerade all=%v none=%v, want %v", src, dst, all, none, *w.masq)
-		}
-	}
-}
-
 func TestIPv6Rules(t *testing.T) {
 	snap := loadSnapshot(t, "dualstack.yaml", "node-a")
 	r := Render(snap, v6Config())
 	eps := []string{"[fd00:10:244:1::70]:8080", "[fd00:10:244:2::70]:8080"}
-	traceV6(t, r, "fd00:10:244:3::9", "[fd00:96::70:1]:80", "tcp", want{endpoints: eps, masq: no, verdict: "ACCEPT"})
-	traceV6(t, r, "fd00:50::10", "[fd00:96::70:1]:80", "tcp", want{endpoints: eps, masq: yes, verdict: "ACCEPT"})
-	traceV6(t, r, "2001:db8:1::5", "[fd00:50::10]:30700", "tcp", want{endpoints: eps, masq: yes, verdict: "ACCEPT"})
-	traceV6(t, r, "2001:db8:1::5", "[2001:db8::70]:80", "tcp", want{endpoints: eps, masq: yes, verdict: "ACCEPT"})
-	traceV6(t, r, "fd00:10:244:3::9", "[fd00:96::70:1]:53", "udp", want{endpoints: []string{"[fd00:10:244:1::70]:5353", "[fd00:10:244:2::70]:5353"}, verdict: "ACCEPT"})
-	traceV6(t, r, "fd00:10:244:3::9", "[fd00:96::70:2]:80", "tcp", want{verdict: "REJECT"})
-	// NodePorts never answer on ::1, and there is no localnet guard in IPv6.
-	traceV6(t, r, "::1", "[::1]:30700", "tcp", want{verdict: "ACCEPT"})
+	runFlows(t, r, []flow{
+		{src: netip.MustParseAddr("fd00:10:244:3::9"), dst: "[fd00:96::70:1]:80", proto: "tcp", want: want{endpoints: eps, masq: no, verdict: "ACCEPT"}},
+		{src: netip.MustParseAddr("fd00:50::10"), dst: "[fd00:96::70:1]:80", proto: "tcp", want: want{endpoints: eps, masq: yes, verdict: "ACCEPT"}},
+		{src: netip.MustParseAddr("2001:db8:1::5"), dst: "[fd00:50::10]:30700", proto: "tcp", want: want{endpoints: eps, masq: yes, verdict: "ACCEPT"}},
+		{src: netip.MustParseAddr("2001:db8:1::5"), dst: "[2001:db8::70]:80", proto: "tcp", want: want{endpoints: eps, masq: yes, verdict: "ACCEPT"}},
+		{src: netip.MustParseAddr("fd00:10:244:3::9"), dst: "[fd00:96::70:1]:53", proto: "udp", want: want{endpoints: []string{"[fd00:10:244:1::70]:5353", "[fd00:10:244:2::70]:5353"}, verdict: "ACCEPT"}},
+		{src: netip.MustParseAddr("fd00:10:244:3::9"), dst: "[fd00:96::70:2]:80", proto: "tcp", want: want{verdict: "REJECT"}},
+		// NodePorts never answer on ::1, and there is no localnet guard in IPv6.
+		{src: netip.MustParseAddr("::1"), dst: "[::1]:30700", proto: "tcp", want: want{verdict: "ACCEPT"}},
+	})
 	text := RestoreText(r)
 	for _, bad := range []string{"10.96.70.1", "10.244.", "127.0.0.0/8", "192.168.50.10"} {
 		if strings.Contains(text, bad) {

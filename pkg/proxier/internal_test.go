@@ -5,8 +5,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-
-	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 )
 
 var localPod = netip.MustParseAddr("10.244.1.99") // a pod on node-a
@@ -22,30 +20,38 @@ func internalRules(t *testing.T, mutate func(*RenderConfig, *Snapshot)) *Rules {
 
 func TestInternalTrafficPolicyLocal(t *testing.T) {
 	r := internalRules(t, nil)
-	traceExt(t, r, localPod, "10.96.60.1:80", "tcp", want{endpoints: []string{"10.244.1.40:8080"}, masq: no, verdict: "ACCEPT"})
-	traceExt(t, r, theNode, "10.96.60.1:80", "tcp", want{endpoints: []string{"10.244.1.40:8080"}, masq: yes, verdict: "ACCEPT"})
-	// No local endpoint: dropped, not rejected.
-	traceExt(t, r, localPod, "10.96.60.2:80", "tcp", want{verdict: "DROP", why: "in/itp-remote:http has no local endpoints"})
-	traceExt(t, r, theNode, "10.96.60.2:80", "tcp", want{verdict: "DROP", why: "has no local endpoints"})
+	runFlows(t, r, []flow{
+		{src: localPod, dst: "10.96.60.1:80", proto: "tcp", want: want{endpoints: []string{"10.244.1.40:8080"}, masq: no, verdict: "ACCEPT"}},
+		{src: theNode, dst: "10.96.60.1:80", proto: "tcp", want: want{endpoints: []string{"10.244.1.40:8080"}, masq: yes, verdict: "ACCEPT"}},
+		// No local endpoint: dropped, not rejected.
+		{src: localPod, dst: "10.96.60.2:80", proto: "tcp", want: want{verdict: "DROP", why: "in/itp-remote:http has no local endpoints"}},
+		{src: theNode, dst: "10.96.60.2:80", proto: "tcp", want: want{verdict: "DROP", why: "has no local endpoints"}},
+	})
 }
 
 func TestTopologyHints(t *testing.T) {
 	r := internalRules(t, nil)
 	// Every endpoint hinted, some for our zone: only those.
-	traceExt(t, r, localPod, "10.96.60.3:80", "tcp", want{endpoints: []string{"10.244.1.50:8080", "10.244.3.50:8080"}, verdict: "ACCEPT"})
-	// One endpoint without hints: hints ignored.
-	traceExt(t, r, localPod, "10.96.60.4:80", "tcp", want{endpoints: []string{"10.244.1.51:8080", "10.244.2.51:8080"}, verdict: "ACCEPT"})
-	// No endpoint hinted for our zone: all endpoints.
-	traceExt(t, r, localPod, "10.96.60.5:80", "tcp", want{endpoints: []string{"10.244.2.52:8080", "10.244.2.53:8080"}, verdict: "ACCEPT"})
-	// Node hints win over zone hints.
-	traceExt(t, r, localPod, "10.96.60.6:80", "tcp", want{endpoints: []string{"10.244.1.60:8080"}, verdict: "ACCEPT"})
+	runFlows(t, r, []flow{
+		{src: localPod, dst: "10.96.60.3:80", proto: "tcp", want: want{endpoints: []string{"10.244.1.50:8080", "10.244.3.50:8080"}, verdict: "ACCEPT"}},
+		// One endpoint without hints: hints ignored.
+		{src: localPod, dst: "10.96.60.4:80", proto: "tcp", want: want{endpoints: []string{"10.244.1.51:8080", "10.244.2.51:8080"}, verdict: "ACCEPT"}},
+		// No endpoint hinted for our zone: all endpoints.
+		{src: localPod, dst: "10.96.60.5:80", proto: "tcp", want: want{endpoints: []string{"10.244.2.52:8080", "10.244.2.53:8080"}, verdict: "ACCEPT"}},
+		// Node hints win over zone hints.
+		{src: localPod, dst: "10.96.60.6:80", proto: "tcp", want: want{endpoints: []string{"10.244.1.60:8080"}, verdict: "ACCEPT"}},
+	})
 
 	// Our Node moves to zone-b: the same snapshot renders zone-b's endpoint.
 	moved := internalRules(t, func(_ *RenderConfig, s *Snapshot) { s.Node.Zone = "zone-b" })
-	traceExt(t, moved, localPod, "10.96.60.3:80", "tcp", want{endpoints: []string{"10.244.2.50:8080"}, verdict: "ACCEPT"})
+	runFlows(t, moved, []flow{
+		{src: localPod, dst: "10.96.60.3:80", proto: "tcp", want: want{endpoints: []string{"10.244.2.50:8080"}, verdict: "ACCEPT"}},
+	})
 	// A node without a zone label ignores zone hints.
 	unzoned := internalRules(t, func(_ *RenderConfig, s *Snapshot) { s.Node.Zone = "" })
-	traceExt(t, unzoned, localPod, "10.96.60.3:80", "tcp", want{endpoints: []string{"10.244.1.50:8080", "10.244.2.50:8080", "10.244.3.50:8080"}, verdict: "ACCEPT"})
+	runFlows(t, unzoned, []flow{
+		{src: localPod, dst: "10.96.60.3:80", proto: "tcp", want: want{endpoints: []string{"10.244.1.50:8080", "10.244.2.50:8080", "10.244.3.50:8080"}, verdict: "ACCEPT"}},
+	})
 	// No ready endpoint in our zone but terminating ones elsewhere: terminating fallback ignores topology.
 	onlyTerminating := internalRules(t, func(_ *RenderConfig, s *Snapshot) {
 		n := ServicePortName{Namespace: "in", Name: "zoned", Port: "http", Protocol: "TCP"}
@@ -53,21 +59,8 @@ func TestTopologyHints(t *testing.T) {
 			s.Endpoints[n][i].Ready, s.Endpoints[n][i].Serving, s.Endpoints[n][i].Terminating = false, true, true
 		}
 	})
-	traceExt(t, onlyTerminating, localPod, "10.96.60.3:80", "tcp", want{endpoints: []string{"10.244.1.50:8080", "10.244.2.50:8080", "10.244.3.50:8080"}, verdict: "ACCEPT"})
-}
-
-// traceIface is traceExt with an input interface, for interface-based
-// local-traffic detection.
-func traceIface(t *testing.T, r *Rules, src netip.Addr, iface, dst string) *iptables.Trace {
-	t.Helper()
-	rs, err := iptables.ParseSave(RestoreText(r))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ap := netip.MustParseAddrPort(dst)
-	return iptables.TracePacket(rs, iptables.TraceInput{
-		Packet:     iptables.Packet{Src: src, Dst: ap.Addr(), DstPort: int(ap.Port()), SrcPort: 40000, Protocol: "tcp", InIface: iface},
-		LocalAddrs: []netip.Addr{theNode},
+	runFlows(t, onlyTerminating, []flow{
+		{src: localPod, dst: "10.96.60.3:80", proto: "tcp", want: want{endpoints: []string{"10.244.1.50:8080", "10.244.2.50:8080", "10.244.3.50:8080"}, verdict: "ACCEPT"}},
 	})
 }
 
@@ -77,8 +70,10 @@ func TestDetectLocalModes(t *testing.T) {
 
 	// NodeCIDR: only this node's pod CIDR counts as pod traffic.
 	r := internalRules(t, func(c *RenderConfig, _ *Snapshot) { c.DetectLocal = LocalDetector{Mode: DetectNodeCIDR} })
-	traceExt(t, r, localPod, vip, "tcp", want{endpoints: []string{"10.244.1.51:8080", "10.244.2.51:8080"}, masq: no, verdict: "ACCEPT"})
-	traceExt(t, r, otherNodePod, vip, "tcp", want{endpoints: []string{"10.244.1.51:8080", "10.244.2.51:8080"}, masq: yes, verdict: "ACCEPT"})
+	runFlows(t, r, []flow{
+		{src: localPod, dst: vip, proto: "tcp", want: want{endpoints: []string{"10.244.1.51:8080", "10.244.2.51:8080"}, masq: no, verdict: "ACCEPT"}},
+		{src: otherNodePod, dst: vip, proto: "tcp", want: want{endpoints: []string{"10.244.1.51:8080", "10.244.2.51:8080"}, masq: yes, verdict: "ACCEPT"}},
+	})
 	// NodeCIDR before the Node's podCIDR is known: nothing is detected.
 	early := internalRules(t, func(c *RenderConfig, s *Snapshot) {
 		c.DetectLocal = LocalDetector{Mode: DetectNodeCIDR}
@@ -100,10 +95,10 @@ func TestDetectLocalModes(t *testing.T) {
 		{LocalDetector{Mode: DetectInterfaceNamePrefix, Interface: "veth"}, "veth1234", "eth0"},
 	} {
 		r := internalRules(t, func(cfg *RenderConfig, _ *Snapshot) { cfg.DetectLocal = c.det })
-		if tr := traceIface(t, r, localPod, c.podIf, vip); tr.Outcomes[0].Masquerade {
+		if tr := traceRules(t, r, flow{src: localPod, dst: vip, iface: c.podIf}); tr.Outcomes[0].Masquerade {
 			t.Errorf("%s: traffic from %s was masqueraded:\n%s", c.det.Mode, c.podIf, tr.Text())
 		}
-		if tr := traceIface(t, r, localPod, c.out, vip); !tr.Outcomes[0].Masquerade {
+		if tr := traceRules(t, r, flow{src: localPod, dst: vip, iface: c.out}); !tr.Outcomes[0].Masquerade {
 			t.Errorf("%s: traffic from %s was not masqueraded:\n%s", c.det.Mode, c.out, tr.Text())
 		}
 	}

@@ -48,7 +48,7 @@ func TestRemoteEndpointsKeepFates(t *testing.T) {
 	all := []string{"10.244.1.5:8080", "10.244.1.6:8080", "10.244.1.8:8080", "10.244.2.5:8080", "10.244.3.7:8080", "192.168.50.10:8080"}
 	vip := "10.96.20.1:80"
 	for _, src := range []string{"10.244.1.5", "10.244.1.6", "10.244.1.50"} {
-		tr := tracePacket(t, snap, cfg, netip.MustParseAddr(src), vip, "tcp")
+		tr := traceRules(t, Render(snap, cfg), flow{src: netip.MustParseAddr(src), dst: vip, proto: "tcp"})
 		if got := strings.Join(tr.Endpoints(), " "); got != strings.Join(all, " ") {
 			t.Errorf("from %s: endpoints %s, want %s", src, got, strings.Join(all, " "))
 		}
@@ -63,8 +63,10 @@ func TestRemoteEndpointsKeepFates(t *testing.T) {
 		}
 	}
 	r := Render(snap, cfg)
-	traceExt(t, r, extClient, "192.168.50.10:30200", "tcp", want{endpoints: all, verdict: "ACCEPT"})
-	tr := tracePacket(t, snap, cfg, extClient, "192.168.50.10:30200", "tcp")
+	runFlows(t, r, []flow{
+		{src: extClient, dst: "192.168.50.10:30200", proto: "tcp", want: want{endpoints: all, verdict: "ACCEPT"}},
+	})
+	tr := traceRules(t, Render(snap, cfg), flow{src: extClient, dst: "192.168.50.10:30200", proto: "tcp"})
 	for _, o := range tr.Outcomes {
 		if o.DNAT == "10.244.2.5:8080" && !o.Masquerade {
 			t.Errorf("NodePort traffic to the remote endpoint was not masqueraded:\n%s", tr.Text())
@@ -77,7 +79,7 @@ func TestRemoteEndpointsKeepFates(t *testing.T) {
 // unmasqueraded by the policy: its endpoint's hairpin mark must be there.
 func TestRemotePodHairpinThroughLocalPolicyNodePort(t *testing.T) {
 	snap := loadSnapshot(t, "remote.yaml", "node-a")
-	tr := tracePacket(t, snap, defaultConfig(), netip.MustParseAddr("10.244.2.5"), "192.168.50.10:30201", "tcp")
+	tr := traceRules(t, Render(snap, defaultConfig()), flow{src: netip.MustParseAddr("10.244.2.5"), dst: "192.168.50.10:30201", proto: "tcp"})
 	seen := false
 	for _, o := range tr.Outcomes {
 		if o.DNAT == "10.244.2.5:8080" {
