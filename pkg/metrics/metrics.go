@@ -84,8 +84,6 @@ var (
 	RulesByLevel = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "rules",
 		Help: "Rules switchyard owns, by table and chain level (top: SWY-SERVICES and the other fixed chains; service: SVC/SVL/EXT/FW; endpoint: SEP)"},
 		[]string{"table", "level", "ip_family"})
-	ConntrackEntriesDeleted = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "switchyard", Name: "conntrack_entries_deleted_total",
-		Help: "Stale UDP conntrack entries deleted"}, []string{"ip_family"})
 	QuarantinedServices = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "switchyard", Name: "quarantined_service_ports",
 		Help: "Service ports left out of the rules because the kernel refused them"})
 	PendingServicePorts = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "switchyard", Name: "pending_service_ports",
@@ -119,6 +117,6 @@ func init() {
 		EndpointChangesPending, EndpointChangesTotal, ServiceChangesPending, ServiceChangesTotal,
 		RestoreFailures, PartialRestoreFailures, RulesTotal, RulesLast, NoLocalEndpoints, HealthzTotal, LivezTotal,
 		ConntrackReconcileDuration, ConntrackDeleted,
-		RestoreBytes, Syncs, ChainsWritten, ChainsDeleted, RulesByLevel, ConntrackEntriesDeleted, QuarantinedServices,
+		RestoreBytes, Syncs, ChainsWritten, ChainsDeleted, RulesByLevel, QuarantinedServices,
 		PendingServicePorts, RestoreDuration, IntegrityChecks, SyncPhaseDuration, SyncCPUThrottled, SyncCPUBudget)
 }

@@ -211,9 +211,9 @@ func (p *Proxier) FamilyHealth() []FamilyHealth {
 // Synced is closed after the first successful sync.
 func (p *Proxier) Synced() <-chan struct{} { return p.synced }
 
-// Status reports the last sync's time, how many family syncs ran and the
+// status reports the last sync's time, how many family syncs ran and the
 // families' last errors (nil when each family's last sync succeeded).
-func (p *Proxier) Status() (time.Time, int, error) {
+func (p *Proxier) status() (time.Time, int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error

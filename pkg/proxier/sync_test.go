@@ -368,40 +368,68 @@ func (f *fixedSource) set(s *Snapshot) {
 	f.mu.Unlock()
 }
 
+// gatedSource is a fixedSource whose TakeSnapshot, while gated, says it
+// was entered and waits to be let through: the test then knows that the
+// loop is in the middle of a sync.
+type gatedSource struct {
+	fixedSource
+	gated            atomic.Bool
+	entered, release chan struct{}
+}
+
+func (g *gatedSource) TakeSnapshot() *Snapshot {
+	if g.gated.Load() {
+		g.entered <- struct{}{}
+		<-g.release
+	}
+	return g.fixedSource.TakeSnapshot()
+}
+
+// Requests made while a sync runs, however many, collapse into one sync
+// after it.
 func TestLoopSyncsOnRequestAndCollapsesBursts(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	fake := iptables.NewFake()
-	src := &fixedSource{snap: NewSnapshot()}
-	p := New(LoopConfig{MinSyncPeriod: 200 * time.Millisecond, SyncPeriod: time.Hour}, src, NewSyncer(defaultConfig(), fake))
+	src := &gatedSource{fixedSource: fixedSource{snap: NewSnapshot()}, entered: make(chan struct{}), release: make(chan struct{})}
+	p := New(LoopConfig{SyncPeriod: time.Hour}, src, NewSyncer(defaultConfig(), fake))
 	done := make(chan struct{})
 	go func() { p.Run(ctx); close(done) }()
+	entered := func(what string) {
+		t.Helper()
+		select {
+		case <-src.entered:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no sync started: %s", what)
+		}
+	}
 	select {
 	case <-p.Synced():
 	case <-time.After(10 * time.Second):
 		t.Fatal("no initial sync")
 	}
-	_, before, _ := p.Status()
-
+	src.gated.Store(true)
 	snap := NewSnapshot()
 	addService(snap, "web", "10.96.0.10", 2)
 	src.set(snap)
-	for i := 0; i < 50; i++ {
+	p.RequestSync()
+	entered("the requested sync")
+	// The loop is inside a sync: a burst of requests now.
+	for range 50 {
 		p.RequestSync()
 	}
+	src.release <- struct{}{}
+	entered("the sync after the burst")
+	// Inside the one sync the burst asked for, nothing may be left pending.
+	if n := len(p.loops[0].requests); n != 0 {
+		t.Errorf("%d sync requests still pending behind the sync of a burst: the burst did not collapse", n)
+	}
+	src.gated.Store(false)
+	src.release <- struct{}{}
 	web := ServiceChainName(spn("web", "http"))
 	wait.For(t, "the requested sync", 10*time.Second, func() bool {
 		return len(fake.Snapshot().ChainNames(TableNAT, web)) == 1
 	})
-	_, after, err := p.Status()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// 50 requests in a burst collapse into at most two syncs (one may
-	// already have been waiting out the minimum period).
-	if after-before > 2 {
-		t.Errorf("%d syncs for one burst of requests", after-before)
-	}
 	cancel()
 	<-done
 }
@@ -547,7 +575,7 @@ func TestChurnFasterThanTheSyncPeriod(t *testing.T) {
 	}
 	want := wantChains(Render(last, defaultConfig()))
 	wait.For(t, "the last state", 10*time.Second, func() bool { return equalChains(swyChains(fake), want) })
-	_, syncs, err := p.Status()
+	_, syncs, err := p.status()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -139,7 +139,6 @@ func (s *Syncer) cleanConntrack(ctx context.Context, snap *Snapshot, full bool) 
 	fam := string(s.Config.Family)
 	metrics.ConntrackReconcileDuration.WithLabelValues(fam).Observe(time.Since(start).Seconds())
 	metrics.ConntrackDeleted.WithLabelValues(fam).Add(float64(n))
-	metrics.ConntrackEntriesDeleted.WithLabelValues(fam).Add(float64(n))
 	logger := klog.FromContext(ctx)
 	if err != nil {
 		// Keep the gone frontends so the next sync looks for them again.

@@ -257,7 +257,6 @@ func TestMoreMetricsMove(t *testing.T) {
 		`kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family="IPv4"}`,
 		`switchyard_sync_restore_bytes_count{ip_family="IPv4"}`,
 		`kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family="IPv4"}`,
-		`switchyard_conntrack_entries_deleted_total{ip_family="IPv4"}`,
 	}
 	before := map[string]float64{}
 	for _, m := range metricsThatMove {
