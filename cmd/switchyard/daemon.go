@@ -195,9 +195,8 @@ func (d daemonState) NodeEligible() bool {
 // hostFor returns the iptables host layer for one family, or an error when
 // the node cannot proxy that family (no ip6tables, a kernel without IPv6).
 func (o *daemonOptions) hostFor(ctx context.Context, logger klog.Logger, family v1.IPFamily) (iptables.Interface, error) {
-	fam := iptables.IPv4
+	fam := toFamily(family)
 	if family == v1.IPv6Protocol {
-		fam = iptables.IPv6
 		if _, err := os.Stat("/proc/net/if_inet6"); err != nil {
 			return nil, fmt.Errorf("the kernel has no IPv6: %w", err)
 		}

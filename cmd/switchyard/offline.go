@@ -6,13 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"strings"
 
 	"github.com/spf13/cobra"
 	v1 "k8s.io/api/core/v1"
 
+	hostpkg "github.com/switchyard-proxy/switchyard/pkg/host"
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 	"github.com/switchyard-proxy/switchyard/pkg/manifest"
 	"github.com/switchyard-proxy/switchyard/pkg/proxier"
@@ -182,11 +182,7 @@ func liveRules(ctx context.Context, family v1.IPFamily, backend iptables.Backend
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	fam := iptables.IPv4
-	if family == v1.IPv6Protocol {
-		fam = iptables.IPv6
-	}
-	r, err := iptables.NewRunner(ctx, fam, backend)
+	r, err := iptables.NewRunner(ctx, toFamily(family), backend)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -198,15 +194,9 @@ func liveRules(ctx context.Context, family v1.IPFamily, backend iptables.Backend
 	if err != nil {
 		return nil, nil, fmt.Errorf("parsing live rules: %w", err)
 	}
-	var local []netip.Addr
-	addrs, err := net.InterfaceAddrs()
+	local, err := hostpkg.InterfaceAddrs()
 	if err != nil {
 		return nil, nil, fmt.Errorf("listing local addresses: %w", err)
-	}
-	for _, a := range addrs {
-		if p, err := netip.ParsePrefix(a.String()); err == nil {
-			local = append(local, p.Addr())
-		}
 	}
 	return rs, local, nil
 }
