@@ -198,69 +198,15 @@ func (t *Table) command(line string) error {
 	if len(toks) == 0 {
 		return nil
 	}
-	op := toks[0].text
-	args := toks[1:]
-	chainArg := func() (*Chain, error) {
-		if len(args) == 0 {
-			return nil, fmt.Errorf("%s needs a chain", op)
-		}
-		c := t.Chains[args[0].text]
-		if c == nil {
-			return nil, fmt.Errorf("chain %s does not exist", args[0].text)
-		}
-		return c, nil
-	}
+	op, args := toks[0].text, toks[1:]
 	switch op {
 	case "-A", "--append", "-I", "--insert", "-D", "--delete":
-		c, err := chainArg()
+		c, err := t.chainArg(op, args)
 		if err != nil {
 			return err
 		}
-		rest := args[1:]
-		pos := -1
-		if len(rest) > 0 && (op == "-I" || op == "--insert" || op == "-D" || op == "--delete") {
-			if n, err := strconv.Atoi(rest[0].text); err == nil && !rest[0].quoted {
-				pos = n
-				rest = rest[1:]
-			}
-		}
-		if (op == "-D" || op == "--delete") && pos > 0 && len(rest) == 0 {
-			if pos > len(c.Rules) {
-				return fmt.Errorf("index of deletion too big")
-			}
-			c.Rules = append(c.Rules[:pos-1], c.Rules[pos:]...)
-			return nil
-		}
-		text := joinTokens(rest)
-		r, err := parseRuleTokens(text, rest)
-		if err != nil {
-			return err
-		}
-		if op == "-D" || op == "--delete" {
-			for i, old := range c.Rules {
-				if old.Text == r.Text {
-					c.Rules = append(c.Rules[:i], c.Rules[i+1:]...)
-					return nil
-				}
-			}
-			return fmt.Errorf("bad rule (does a matching rule exist in that chain?)")
-		}
-		if r.Target != "" && !standardTargets[r.Target] {
-			if _, ok := t.Chains[r.Target]; !ok {
-				return fmt.Errorf("couldn't load target %q: no such chain", r.Target)
-			}
-		}
-		if op == "-A" || op == "--append" {
-			c.Rules = append(c.Rules, r)
-			return nil
-		}
-		if pos < 1 {
-			pos = 1
-		}
-		if pos > len(c.Rules)+1 {
-			return fmt.Errorf("index of insertion too big")
-		}
-		c.Rules = append(c.Rules[:pos-1], append([]*Rule{r}, c.Rules[pos-1:]...)...)
+		del := op == "-D" || op == "--delete"
+		return t.ruleCommand(!del, op == "-A" || op == "--append", c, args[1:])
 	case "-F", "--flush":
 		if len(args) == 0 {
 			for _, c := range t.Chains {
@@ -268,7 +214,7 @@ func (t *Table) command(line string) error {
 			}
 			return nil
 		}
-		c, err := chainArg()
+		c, err := t.chainArg(op, args)
 		if err != nil {
 			return err
 		}
@@ -283,49 +229,9 @@ func (t *Table) command(line string) error {
 		t.Chains[args[0].text] = &Chain{Name: args[0].text}
 		t.Order = append(t.Order, args[0].text)
 	case "-X", "--delete-chain":
-		var victims []string
-		if len(args) == 0 {
-			for _, n := range t.Order {
-				if !t.Chains[n].Builtin {
-					victims = append(victims, n)
-				}
-			}
-		} else {
-			c, err := chainArg()
-			if err != nil {
-				return err
-			}
-			if c.Builtin {
-				return fmt.Errorf("cannot delete built-in chain %s", c.Name)
-			}
-			victims = []string{c.Name}
-		}
-		del := map[string]bool{}
-		for _, v := range victims {
-			del[v] = true
-		}
-		for _, c := range t.Chains {
-			if del[c.Name] && len(c.Rules) > 0 {
-				return fmt.Errorf("chain %s is not empty", c.Name)
-			}
-			for _, r := range c.Rules {
-				if del[r.Target] {
-					return fmt.Errorf("chain %s is still referenced from %s", r.Target, c.Name)
-				}
-			}
-		}
-		for _, v := range victims {
-			delete(t.Chains, v)
-		}
-		order := t.Order[:0]
-		for _, n := range t.Order {
-			if !del[n] {
-				order = append(order, n)
-			}
-		}
-		t.Order = order
+		return t.deleteChains(op, args)
 	case "-P", "--policy":
-		c, err := chainArg()
+		c, err := t.chainArg(op, args)
 		if err != nil {
 			return err
 		}
@@ -336,6 +242,114 @@ func (t *Table) command(line string) error {
 	default:
 		return fmt.Errorf("unknown command %q", op)
 	}
+	return nil
+}
+
+// chainArg is the existing chain a command names first.
+func (t *Table) chainArg(op string, args []token) (*Chain, error) {
+	if len(args) == 0 {
+		return nil, fmt.Errorf("%s needs a chain", op)
+	}
+	c := t.Chains[args[0].text]
+	if c == nil {
+		return nil, fmt.Errorf("chain %s does not exist", args[0].text)
+	}
+	return c, nil
+}
+
+// ruleCommand appends (add and appendAtEnd), inserts (add) or deletes (by
+// number or by text) one rule of c; rest is the command after the chain.
+func (t *Table) ruleCommand(add, appendAtEnd bool, c *Chain, rest []token) error {
+	pos := -1
+	if len(rest) > 0 && !appendAtEnd {
+		if n, err := strconv.Atoi(rest[0].text); err == nil && !rest[0].quoted {
+			pos = n
+			rest = rest[1:]
+		}
+	}
+	if !add && pos > 0 && len(rest) == 0 {
+		if pos > len(c.Rules) {
+			return fmt.Errorf("index of deletion too big")
+		}
+		c.Rules = append(c.Rules[:pos-1], c.Rules[pos:]...)
+		return nil
+	}
+	r, err := parseRuleTokens(joinTokens(rest), rest)
+	if err != nil {
+		return err
+	}
+	if !add {
+		for i, old := range c.Rules {
+			if old.Text == r.Text {
+				c.Rules = append(c.Rules[:i], c.Rules[i+1:]...)
+				return nil
+			}
+		}
+		return fmt.Errorf("bad rule (does a matching rule exist in that chain?)")
+	}
+	if r.Target != "" && !standardTargets[r.Target] {
+		if _, ok := t.Chains[r.Target]; !ok {
+			return fmt.Errorf("couldn't load target %q: no such chain", r.Target)
+		}
+	}
+	if appendAtEnd {
+		c.Rules = append(c.Rules, r)
+		return nil
+	}
+	if pos < 1 {
+		pos = 1
+	}
+	if pos > len(c.Rules)+1 {
+		return fmt.Errorf("index of insertion too big")
+	}
+	c.Rules = append(c.Rules[:pos-1], append([]*Rule{r}, c.Rules[pos-1:]...)...)
+	return nil
+}
+
+// deleteChains is -X: the named chain, or every user chain; each must be
+// empty and unreferenced.
+func (t *Table) deleteChains(op string, args []token) error {
+	var victims []string
+	if len(args) == 0 {
+		for _, n := range t.Order {
+			if !t.Chains[n].Builtin {
+				victims = append(victims, n)
+			}
+		}
+	} else {
+		c, err := t.chainArg(op, args)
+		if err != nil {
+			return err
+		}
+		if c.Builtin {
+			return fmt.Errorf("cannot delete built-in chain %s", c.Name)
+		}
+		victims = []string{c.Name}
+	}
+	del := map[string]bool{}
+	for _, v := range victims {
+		del[v] = true
+	}
+	for _, c := range t.Chains {
+		if del[c.Name] && len(c.Rules) > 0 {
+			return fmt.Errorf("chain %s is not empty", c.Name)
+		}
+		for _, r := range c.Rules {
+			if del[r.Target] {
+				return fmt.Errorf("chain %s is still referenced from %s", r.Target, c.Name)
+			}
+		}
+	}
+	for _, v := range victims {
+		delete(t.Chains, v)
+	}
+	order := t.Order[:0]
+	for _, n := range t.Order {
+		if !del[n] {
+			order = append(order, n)
+		}
+	}
+	t.Order = order
 	return nil
 }
 
