@@ -236,13 +236,23 @@ func fileSettings(path string, c *kpconfig.KubeProxyConfiguration) ([]setting, e
 		}
 		add("logging.vmodule", "vmodule", strings.Join(items, ","), true)
 	}
-	// A duration is given when non-zero, or, for the pointer fields, when
-	// present at all (0 there means "leave the kernel's value").
+	durations, err := durationSettings(path, c)
+	if err != nil {
+		return nil, err
+	}
+	return append(settings, durations...), nil
+}
+
+// durationSettings are the duration fields' settings. A duration is given
+// when non-zero, or, for the pointer fields, when present at all (0 there
+// means "leave the kernel's value").
+func durationSettings(path string, c *kpconfig.KubeProxyConfiguration) ([]setting, error) {
 	type duration struct {
 		field, flag string
 		d           time.Duration
 		set         bool
 	}
+	var settings []setting
 	durations := []duration{
 		{"iptables.syncPeriod", "iptables-sync-period", c.IPTables.SyncPeriod.Duration, c.IPTables.SyncPeriod.Duration != 0},
 		{"iptables.minSyncPeriod", "iptables-min-sync-period", c.IPTables.MinSyncPeriod.Duration, c.IPTables.MinSyncPeriod.Duration != 0},
@@ -259,9 +269,9 @@ func fileSettings(path string, c *kpconfig.KubeProxyConfiguration) ([]setting, e
 	}
 	for _, d := range durations {
 		if d.d < 0 {
-			return nil, bad(d.field, "%s is negative", d.d.String())
+			return nil, fieldError(path, d.field, "%s is negative", d.d.String())
 		}
-		add(d.field, d.flag, d.d.String(), d.set)
+		settings = append(settings, setting{d.field, d.flag, d.d.String(), d.set})
 	}
 	return settings, nil
 }

@@ -134,7 +134,6 @@ func parseRuleTokens(text string, toks []token) (*Rule, error) {
 	section := inGeneric
 	negate := false
 	var proto string
-	isOpt := func(t token) bool { return !t.quoted && len(t.text) > 1 && t.text[0] == '-' }
 	for i := 0; i < len(toks); i++ {
 		t := toks[i]
 		if !t.quoted && t.text == "!" {
@@ -144,24 +143,8 @@ func parseRuleTokens(text string, toks []token) (*Rule, error) {
 		if !isOpt(t) {
 			return nil, fmt.Errorf("unexpected argument %q", t.text)
 		}
-		// Collect this option's values.
 		var vals []string
-		j := i + 1
-		for ; j < len(toks); j++ {
-			if isOpt(toks[j]) {
-				break
-			}
-			if !toks[j].quoted && toks[j].text == "!" {
-				// Old-style "-s ! addr": negation after the option name.
-				if len(vals) == 0 && j+1 < len(toks) && !isOpt(toks[j+1]) {
-					negate = true
-					continue
-				}
-				break
-			}
-			vals = append(vals, toks[j].text)
-		}
-		i = j - 1
+		vals, i = optionValues(toks, i, &negate)
 		name := t.text
 		switch {
 		case name == "-m" || name == "--match":
@@ -208,6 +191,31 @@ func parseRuleTokens(text string, toks []token) (*Rule, error) {
 		return nil, fmt.Errorf("dangling \"!\"")
 	}
 	return r, nil
+}
+
+// isOpt reports whether a token is an option name.
+func isOpt(t token) bool { return !t.quoted && len(t.text) > 1 && t.text[0] == '-' }
+
+// optionValues collects the values of the option at toks[i] and returns
+// them with the index of its last value. An old-style negation after the
+// option name ("-s ! addr") sets negate.
+func optionValues(toks []token, i int, negate *bool) ([]string, int) {
+	var vals []string
+	j := i + 1
+	for ; j < len(toks); j++ {
+		if isOpt(toks[j]) {
+			break
+		}
+		if !toks[j].quoted && toks[j].text == "!" {
+			if len(vals) == 0 && j+1 < len(toks) && !isOpt(toks[j+1]) {
+				*negate = true
+				continue
+			}
+			break
+		}
+		vals = append(vals, toks[j].text)
+	}
+	return vals, j - 1
 }
 
 // Generic returns the named generic option (-s, -d, -p, -i, -o), or nil.

@@ -65,29 +65,7 @@ func boundedTarget(prev, next *Snapshot, prevRules, nextRules *Rules, maxRules i
 	if maxRules <= 0 || prev == nil || !sameNodeFacts(prev, next) {
 		return next, 0
 	}
-	var changes []pendingChange
-	total := 0
-	for name, svc := range next.Services {
-		old, ok := prev.Services[name]
-		eps := next.Endpoints[name]
-		if ok && old == svc && sameSlice(prev.Endpoints[name], eps) {
-			continue
-		}
-		c := pendingChange{name: name, class: changeAdd, cost: portCost(nextRules, name)}
-		if ok {
-			c.class = changeUpdate
-			c.cost += portCost(prevRules, name)
-		}
-		changes = append(changes, c)
-		total += c.cost
-	}
-	for name := range prev.Services {
-		if _, ok := next.Services[name]; !ok {
-			c := pendingChange{name: name, class: changeDelete, cost: portCost(prevRules, name)}
-			changes = append(changes, c)
-			total += c.cost
-		}
-	}
+	changes, total := pendingChanges(prev, next, prevRules, nextRules)
 	if total <= maxRules {
 		return next, 0
 	}
@@ -159,6 +137,35 @@ func boundedTarget(prev, next *Snapshot, prevRules, nextRules *Rules, maxRules i
 		}
 	}
 	return out, len(changes) - taken
+}
+
+// pendingChanges lists the Service ports that differ between prev and
+// next, with their costs, and the total cost.
+func pendingChanges(prev, next *Snapshot, prevRules, nextRules *Rules) ([]pendingChange, int) {
+	var changes []pendingChange
+	total := 0
+	for name, svc := range next.Services {
+		old, ok := prev.Services[name]
+		eps := next.Endpoints[name]
+		if ok && old == svc && sameSlice(prev.Endpoints[name], eps) {
+			continue
+		}
+		c := pendingChange{name: name, class: changeAdd, cost: portCost(nextRules, name)}
+		if ok {
+			c.class = changeUpdate
+			c.cost += portCost(prevRules, name)
+		}
+		changes = append(changes, c)
+		total += c.cost
+	}
+	for name := range prev.Services {
+		if _, ok := next.Services[name]; !ok {
+			c := pendingChange{name: name, class: changeDelete, cost: portCost(prevRules, name)}
+			changes = append(changes, c)
+			total += c.cost
+		}
+	}
+	return changes, total
 }
 
 // sameNodeFacts reports whether two snapshots agree on everything besides

@@ -66,72 +66,15 @@ func (f Filter) ServicePorts(svc *v1.Service) ([]*ServicePort, error) {
 		return nil, nil
 	}
 	var problems []string
-	bad := func(field, value string) {
-		problems = append(problems, fmt.Sprintf("%s: invalid IP address %q", field, value))
-	}
-
-	var clusterIPs []netip.Addr
-	raw := svc.Spec.ClusterIPs
-	if len(raw) == 0 {
-		raw = []string{svc.Spec.ClusterIP}
-	}
-	seenFamily := map[v1.IPFamily]bool{}
-	for i, s := range raw {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			bad(fmt.Sprintf("spec.clusterIPs[%d]", i), s)
-			continue
-		}
-		a = a.Unmap()
-		if seenFamily[familyOf(a)] {
-			continue
-		}
-		seenFamily[familyOf(a)] = true
-		clusterIPs = append(clusterIPs, a)
-	}
+	clusterIPs := serviceClusterIPs(svc, &problems)
 	if len(clusterIPs) == 0 {
 		return nil, fmt.Errorf("service %s/%s: no usable cluster IP: %s", svc.Namespace, svc.Name, strings.Join(problems, "; "))
 	}
-
 	var externalIPs []netip.Addr
-	for i, s := range svc.Spec.ExternalIPs {
-		if f.DropExternalIPs {
-			break
-		}
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			bad(fmt.Sprintf("spec.externalIPs[%d]", i), s)
-			continue
-		}
-		externalIPs = append(externalIPs, a.Unmap())
+	if !f.DropExternalIPs {
+		externalIPs = parseAddrs(svc.Spec.ExternalIPs, "spec.externalIPs", &problems)
 	}
-
-	var lbIPs []netip.Addr
-	var ranges []netip.Prefix
-	if svc.Spec.Type == v1.ServiceTypeLoadBalancer {
-		for i, ing := range svc.Status.LoadBalancer.Ingress {
-			if ing.IP == "" {
-				continue // hostname-only ingress: nothing to program
-			}
-			if ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy {
-				continue
-			}
-			a, err := netip.ParseAddr(ing.IP)
-			if err != nil {
-				bad(fmt.Sprintf("status.loadBalancer.ingress[%d].ip", i), ing.IP)
-				continue
-			}
-			lbIPs = append(lbIPs, a.Unmap())
-		}
-		for i, s := range svc.Spec.LoadBalancerSourceRanges {
-			p, err := netip.ParsePrefix(strings.TrimSpace(s))
-			if err != nil {
-				problems = append(problems, fmt.Sprintf("spec.loadBalancerSourceRanges[%d]: invalid CIDR %q", i, s))
-				continue
-			}
-			ranges = append(ranges, p.Masked())
-		}
-	}
+	lbIPs, ranges := loadBalancerFrontends(svc, &problems)
 
 	externalLocal := svc.Spec.ExternalTrafficPolicy == v1.ServiceExternalTrafficPolicyLocal &&
 		(svc.Spec.Type == v1.ServiceTypeNodePort || svc.Spec.Type == v1.ServiceTypeLoadBalancer || len(externalIPs) > 0)
@@ -174,6 +117,71 @@ func (f Filter) ServicePorts(svc *v1.Service) ([]*ServicePort, error) {
 		return ports, fmt.Errorf("service %s/%s: %s", svc.Namespace, svc.Name, strings.Join(problems, "; "))
 	}
 	return ports, nil
+}
+
+// serviceClusterIPs parses a Service's cluster IPs, one per family.
+func serviceClusterIPs(svc *v1.Service, problems *[]string) []netip.Addr {
+	raw := svc.Spec.ClusterIPs
+	if len(raw) == 0 {
+		raw = []string{svc.Spec.ClusterIP}
+	}
+	var out []netip.Addr
+	seenFamily := map[v1.IPFamily]bool{}
+	for _, a := range parseAddrs(raw, "spec.clusterIPs", problems) {
+		if !seenFamily[familyOf(a)] {
+			seenFamily[familyOf(a)] = true
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// parseAddrs parses the addresses of a list field, noting each that does
+// not parse in problems.
+func parseAddrs(values []string, field string, problems *[]string) []netip.Addr {
+	var out []netip.Addr
+	for i, s := range values {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			*problems = append(*problems, fmt.Sprintf("%s[%d]: invalid IP address %q", field, i, s))
+			continue
+		}
+		out = append(out, a.Unmap())
+	}
+	return out
+}
+
+// loadBalancerFrontends are a LoadBalancer Service's ingress IPs (ipMode
+// VIP or unset) and its source ranges.
+func loadBalancerFrontends(svc *v1.Service, problems *[]string) ([]netip.Addr, []netip.Prefix) {
+	if svc.Spec.Type != v1.ServiceTypeLoadBalancer {
+		return nil, nil
+	}
+	var lbIPs []netip.Addr
+	var ranges []netip.Prefix
+	for i, ing := range svc.Status.LoadBalancer.Ingress {
+		if ing.IP == "" {
+			continue // hostname-only ingress: nothing to program
+		}
+		if ing.IPMode != nil && *ing.IPMode == v1.LoadBalancerIPModeProxy {
+			continue
+		}
+		a, err := netip.ParseAddr(ing.IP)
+		if err != nil {
+			*problems = append(*problems, fmt.Sprintf("status.loadBalancer.ingress[%d].ip: invalid IP address %q", i, ing.IP))
+			continue
+		}
+		lbIPs = append(lbIPs, a.Unmap())
+	}
+	for i, s := range svc.Spec.LoadBalancerSourceRanges {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil {
+			*problems = append(*problems, fmt.Sprintf("spec.loadBalancerSourceRanges[%d]: invalid CIDR %q", i, s))
+			continue
+		}
+		ranges = append(ranges, p.Masked())
+	}
+	return lbIPs, ranges
 }
 
 // SliceServiceName returns the namespace/name of the Service an EndpointSlice
