@@ -3,6 +3,7 @@ package proxier
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"unique"
@@ -209,11 +210,49 @@ type PortKey struct {
 	Protocol v1.Protocol
 }
 
+// PortEndpoints are the endpoints of one port.
+type PortEndpoints struct {
+	Port      PortKey
+	Endpoints []Endpoint
+}
+
+// PortList is an EndpointSlice's (or a Service's merged) endpoints per
+// port. It is a list, not a map: a slice has one port or a few, and at
+// 10,000 Services a small map per slice weighs megabytes.
+type PortList []PortEndpoints
+
+// For returns the endpoints of one port, or nil.
+func (l PortList) For(k PortKey) []Endpoint {
+	for _, p := range l {
+		if p.Port == k {
+			return p.Endpoints
+		}
+	}
+	return nil
+}
+
+// set sets one port's endpoints, replacing what it had.
+func (l PortList) set(k PortKey, eps []Endpoint) PortList {
+	for i := range l {
+		if l[i].Port == k {
+			l[i].Endpoints = eps
+			return l
+		}
+	}
+	return append(l, PortEndpoints{Port: k, Endpoints: eps})
+}
+
+// NamedSlice is one EndpointSlice's endpoints, by the slice's name.
+type NamedSlice struct {
+	Name  string
+	Ports PortList
+}
+
 // SliceEndpoints converts one EndpointSlice into endpoints per port. Endpoints
 // whose address does not parse are dropped and reported in the error.
-func SliceEndpoints(slice *discovery.EndpointSlice) (map[PortKey][]Endpoint, error) {
+func SliceEndpoints(slice *discovery.EndpointSlice) (PortList, error) {
 	var problems []string
-	out := map[PortKey][]Endpoint{}
+	out := make(PortList, 0, len(slice.Ports))
 	for pi, p := range slice.Ports {
 		if p.Port == nil {
 			problems = append(problems, fmt.Sprintf("ports[%d]: no port number", pi))
@@ -249,7 +288,7 @@ func SliceEndpoints(slice *discovery.EndpointSlice) (map[PortKey][]Endpoint, err
 				uniq = append(uniq, ep)
 			}
 		}
-		out[key] = uniq
+		out = out.set(key, uniq)
 	}
 	if len(problems) > 0 {
 		return out, fmt.Errorf("endpointslice %s/%s: %s", slice.Namespace, slice.Name, strings.Join(problems, "; "))
@@ -286,46 +325,46 @@ func endpointFrom(e discovery.Endpoint, addr netip.Addr, port int32) Endpoint {
 // MergeSlices merges the per-port endpoints of all slices of one Service,
 // visiting slices in name order and keeping the first copy of an endpoint
 // that appears in more than one slice.
-func MergeSlices(slices map[string]map[PortKey][]Endpoint) map[PortKey][]Endpoint {
-	if len(slices) == 1 {
+func MergeSlices(parts []NamedSlice) PortList {
+	if len(parts) == 1 {
 		// The common case: one slice. Its lists are the result when they
 		// are already in order without duplicates: share them, no copy.
-		for _, only := range slices {
-			shared := true
-			for _, eps := range only {
-				for i := 1; i < len(eps) && shared; i++ {
-					shared = lessEndpoint(eps[i-1], eps[i])
-				}
-			}
-			if shared {
-				return only
+		shared := true
+		for _, p := range parts[0].Ports {
+			for i := 1; i < len(p.Endpoints) && shared; i++ {
+				shared = lessEndpoint(p.Endpoints[i-1], p.Endpoints[i])
 			}
 		}
+		if shared {
+			return parts[0].Ports
+		}
 	}
-	names := make([]string, 0, len(slices))
-	for n := range slices {
-		names = append(names, n)
+	ordered := parts
+	if !slices.IsSortedFunc(ordered, func(a, b NamedSlice) int { return strings.Compare(a.Name, b.Name) }) {
+		ordered = slices.Clone(ordered)
+		slices.SortFunc(ordered, func(a, b NamedSlice) int { return strings.Compare(a.Name, b.Name) })
 	}
-	sort.Strings(names)
-	out := map[PortKey][]Endpoint{}
+	var out PortList
 	seen := map[PortKey]map[string]bool{}
-	for _, n := range names {
-		for key, eps := range slices[n] {
-			if seen[key] == nil {
-				seen[key] = map[string]bool{}
+	for _, sl := range ordered {
+		for _, p := range sl.Ports {
+			if seen[p.Port] == nil {
+				seen[p.Port] = map[string]bool{}
 			}
-			for _, ep := range eps {
+			eps := out.For(p.Port)
+			for _, ep := range p.Endpoints {
 				s := ep.String()
-				if seen[key][s] {
+				if seen[p.Port][s] {
 					continue
 				}
-				seen[key][s] = true
-				out[key] = append(out[key], ep)
+				seen[p.Port][s] = true
+				eps = append(eps, ep)
 			}
+			out = out.set(p.Port, eps)
 		}
 	}
-	for key := range out {
-		eps := out[key]
+	for _, p := range out {
+		eps := p.Endpoints
 		sort.SliceStable(eps, func(i, j int) bool { return lessEndpoint(eps[i], eps[j]) })
 	}
 	return out
@@ -385,7 +424,7 @@ func SnapshotFromObjects(f Filter, nodeName string, services []*v1.Service, slic
 			snap.Services[p.Name] = p
 		}
 	}
-	bySvc := map[string]map[string]map[PortKey][]Endpoint{}
+	bySvc := map[string][]NamedSlice{}
 	for _, s := range slices {
 		key, _ := SliceServiceName(s)
 		if key == "" {
@@ -395,16 +434,13 @@ func SnapshotFromObjects(f Filter, nodeName string, services []*v1.Service, slic
 		if err != nil {
 			warnings = append(warnings, err)
 		}
-		if bySvc[key] == nil {
-			bySvc[key] = map[string]map[PortKey][]Endpoint{}
-		}
-		bySvc[key][s.Name] = eps
+		bySvc[key] = append(bySvc[key], NamedSlice{Name: s.Name, Ports: eps})
 	}
 	// Offline there is no host: the Node's addresses and loopback stand in.
 	snap.HostAddrs = append(append([]netip.Addr{}, snap.Node.Addresses...), netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback())
 	for name := range snap.Services {
 		merged := MergeSlices(bySvc[name.ServiceKey()])
-		if eps := merged[PortKey{Name: name.Port, Protocol: name.Protocol}]; len(eps) > 0 {
+		if eps := merged.For(PortKey{Name: name.Port, Protocol: name.Protocol}); len(eps) > 0 {
 			snap.Endpoints[name] = eps
 		}
 	}

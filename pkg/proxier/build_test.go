@@ -121,7 +121,7 @@ func TestSliceEndpointsConditions(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "endpoints[3]") {
 		t.Errorf("bad address not reported by field: %v", err)
 	}
-	eps := got[PortKey{Name: "http", Protocol: v1.ProtocolTCP}]
+	eps := got.For(PortKey{Name: "http", Protocol: v1.ProtocolTCP})
 	if len(eps) != 4 {
 		t.Fatalf("endpoints = %+v", eps)
 	}
@@ -160,11 +160,11 @@ func TestMergeSlicesDeduplicates(t *testing.T) {
 	aNotReady := a
 	aNotReady.Ready = false
 	b := Endpoint{Addr: netip.MustParseAddr("10.0.0.2"), Port: 80, Ready: true}
-	merged := MergeSlices(map[string]map[PortKey][]Endpoint{
-		"web-b": {k: {aNotReady, b}},
-		"web-a": {k: {a}},
+	merged := MergeSlices([]NamedSlice{
+		{Name: "web-b", Ports: PortList{{Port: k, Endpoints: []Endpoint{aNotReady, b}}}},
+		{Name: "web-a", Ports: PortList{{Port: k, Endpoints: []Endpoint{a}}}},
 	})
-	eps := merged[k]
+	eps := merged.For(k)
 	if len(eps) != 2 {
 		t.Fatalf("merged %+v", eps)
 	}

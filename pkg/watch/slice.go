@@ -22,7 +22,7 @@ type parsedSlice struct {
 	// service is the owning Service's "namespace/name"; "" when the slice
 	// is ignored, for reason.
 	service, reason string
-	endpoints       map[proxier.PortKey][]proxier.Endpoint
+	endpoints       proxier.PortList
 	// err lists the endpoints and ports that were dropped as invalid.
 	err error
 }

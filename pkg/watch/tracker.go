@@ -5,6 +5,7 @@
 package watch
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -33,11 +34,11 @@ type Tracker struct {
 	mu sync.Mutex
 	// services: namespace/name -> converted ports.
 	services map[string][]*proxier.ServicePort
-	// slices: service namespace/name -> slice name -> endpoints per port.
-	slices map[string]map[string]map[proxier.PortKey][]proxier.Endpoint
+	// slices: service namespace/name -> its slices' endpoints per port.
+	slices map[string][]proxier.NamedSlice
 	// merged: service namespace/name -> endpoints merged across slices,
 	// recomputed only when one of that Service's slices changes.
-	merged map[string]map[proxier.PortKey][]proxier.Endpoint
+	merged map[string]proxier.PortList
 	// sliceOwner remembers which Service a slice was filed under.
 	sliceOwner map[string]string
 	node       proxier.NodeInfo
@@ -57,8 +58,8 @@ func NewTracker(logger klog.Logger, filter proxier.Filter, nodeName string, repo
 	return &Tracker{
 		filter: filter, nodeName: nodeName, changes: make(chan struct{}, 1), logger: logger, reporter: reporter,
 		services:   map[string][]*proxier.ServicePort{},
-		slices:     map[string]map[string]map[proxier.PortKey][]proxier.Endpoint{},
-		merged:     map[string]map[proxier.PortKey][]proxier.Endpoint{},
+		slices:     map[string][]proxier.NamedSlice{},
+		merged:     map[string]proxier.PortList{},
 		sliceOwner: map[string]string{},
 		node:       proxier.NodeInfo{Name: nodeName},
 		svcChanges: map[string]bool{}, sliceChanges: map[string]bool{},
@@ -158,10 +159,7 @@ func (t *Tracker) updateParsedSlice(p *parsedSlice) {
 		t.removeSliceLocked(old, p.Name)
 	}
 	if svcKey != "" {
-		if t.slices[svcKey] == nil {
-			t.slices[svcKey] = map[string]map[proxier.PortKey][]proxier.Endpoint{}
-		}
-		t.slices[svcKey][p.Name] = p.endpoints
+		t.slices[svcKey] = putSlice(t.slices[svcKey], proxier.NamedSlice{Name: p.Name, Ports: p.endpoints})
 		t.sliceOwner[sliceKey] = svcKey
 		t.merged[svcKey] = proxier.MergeSlices(t.slices[svcKey])
 	} else {
@@ -185,8 +183,19 @@ func (t *Tracker) DeleteSlice(namespace, name string) {
 	t.changed()
 }
 
+// putSlice replaces the slice of the same name in list, or adds it.
+func putSlice(list []proxier.NamedSlice, s proxier.NamedSlice) []proxier.NamedSlice {
+	for i := range list {
+		if list[i].Name == s.Name {
+			list[i] = s
+			return list
+		}
+	}
+	return append(list, s)
+}
+
 func (t *Tracker) removeSliceLocked(svcKey, sliceName string) {
-	delete(t.slices[svcKey], sliceName)
+	t.slices[svcKey] = slices.DeleteFunc(t.slices[svcKey], func(s proxier.NamedSlice) bool { return s.Name == sliceName })
 	if len(t.slices[svcKey]) == 0 {
 		delete(t.slices, svcKey)
 		delete(t.merged, svcKey)
@@ -261,7 +270,7 @@ func (t *Tracker) TakeSnapshot() *proxier.Snapshot {
 		merged := t.merged[key]
 		for _, p := range ports {
 			snap.Services[p.Name] = p
-			if eps := merged[proxier.PortKey{Name: p.Name.Port, Protocol: p.Name.Protocol}]; len(eps) > 0 {
+			if eps := merged.For(proxier.PortKey{Name: p.Name.Port, Protocol: p.Name.Protocol}); len(eps) > 0 {
 				snap.Endpoints[p.Name] = eps
 			}
 		}
