@@ -1,9 +1,11 @@
 package watch
 
 import (
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
 	discovery "k8s.io/api/discovery/v1"
@@ -224,5 +226,32 @@ func TestTrackerKnowsWhenAServiceAwaitsItsSlice(t *testing.T) {
 	tr.UpdateService(svc("web"))
 	if tr.AwaitsEndpoints() {
 		t.Error("an update of a Service with a slice awaits endpoints")
+	}
+}
+
+// While nothing changes, each family's snapshot shares the maps of the one
+// before (no 10,000-entry maps rebuilt per family and sync), without the
+// trigger times the first one took; a change gives new maps.
+func TestSnapshotsShareMapsUntilAChange(t *testing.T) {
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil)
+	tr.UpdateService(svc("web"))
+	sl := slice("web-1", "web", "10.0.0.1")
+	sl.Annotations = map[string]string{TriggerTimeAnnotation: time.Now().Format(time.RFC3339Nano)}
+	tr.UpdateSlice(sl)
+	first, second := tr.TakeSnapshot(), tr.TakeSnapshot()
+	if reflect.ValueOf(first.Services).Pointer() != reflect.ValueOf(second.Services).Pointer() {
+		t.Error("a snapshot with nothing changed built its maps again")
+	}
+	if len(first.TriggerTimes) != 1 || len(second.TriggerTimes) != 0 {
+		t.Errorf("trigger times %v then %v; want one, then none", first.TriggerTimes, second.TriggerTimes)
+	}
+	second.HostAddrs = []netip.Addr{netip.MustParseAddr("192.0.2.1")}
+	if len(tr.TakeSnapshot().HostAddrs) != 0 {
+		t.Error("a snapshot's own fields leak into the next")
+	}
+	tr.UpdateSlice(slice("web-1", "web", "10.0.0.1", "10.0.0.2"))
+	third := tr.TakeSnapshot()
+	if reflect.ValueOf(third.Endpoints).Pointer() == reflect.ValueOf(first.Endpoints).Pointer() || len(third.Endpoints[web]) != 2 {
+		t.Errorf("after a change: %d endpoints in shared maps", len(third.Endpoints[web]))
 	}
 }
