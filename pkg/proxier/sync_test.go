@@ -184,13 +184,7 @@ func TestRemovedServiceChainsAreDeleted(t *testing.T) {
 
 func TestFailedRestoreForcesFullSync(t *testing.T) {
 	ctx := context.Background()
-	fake := iptables.NewFake()
-	s := NewSyncer(defaultConfig(), fake)
-	snap := NewSnapshot()
-	addService(snap, "web", "10.96.0.10", 2)
-	if _, err := s.Sync(ctx, snap); err != nil {
-		t.Fatal(err)
-	}
+	fake, s, _ := syncedWeb(t)
 	fake.FailRestore = errors.New("iptables-restore: line 3 failed")
 	snap2 := NewSnapshot()
 	addService(snap2, "web", "10.96.0.10", 3)
@@ -260,13 +254,7 @@ func TestStartupAdoptsRulesAndRemovesStaleChains(t *testing.T) {
 
 func TestCheckDetectsFlushedRules(t *testing.T) {
 	ctx := context.Background()
-	fake := iptables.NewFake()
-	s := NewSyncer(defaultConfig(), fake)
-	snap := NewSnapshot()
-	addService(snap, "web", "10.96.0.10", 2)
-	if _, err := s.Sync(ctx, snap); err != nil {
-		t.Fatal(err)
-	}
+	fake, s, snap := syncedWeb(t)
 	if ok, err := s.Check(ctx); !ok || err != nil {
 		t.Fatalf("check after sync = %v, %v", ok, err)
 	}
@@ -673,4 +661,18 @@ func TestFamiliesSyncIndependently(t *testing.T) {
 	})
 	cancel()
 	<-done
+}
+
+// syncedWeb is a syncer on a fake host after its first sync of one Service,
+// web (10.96.0.10, two endpoints).
+func syncedWeb(t *testing.T) (*iptables.Fake, *Syncer, *Snapshot) {
+	t.Helper()
+	fake := iptables.NewFake()
+	s := NewSyncer(defaultConfig(), fake)
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	if _, err := s.Sync(context.Background(), snap); err != nil {
+		t.Fatal(err)
+	}
+	return fake, s, snap
 }
