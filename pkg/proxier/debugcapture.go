@@ -19,11 +19,11 @@ type Batch struct {
 }
 
 // Batches returns the last applied and the last failed batch (zero values
-// when there was none).
+// when there was none). It never waits for a sync in progress.
 func (s *Syncer) Batches() (applied, failed Batch) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.lastBatch, s.lastFailed
+	s.outcome.mu.Lock()
+	defer s.outcome.mu.Unlock()
+	return s.outcome.lastBatch, s.outcome.lastFailed
 }
 
 // captureWriter passes writes on, counting the bytes and keeping the first

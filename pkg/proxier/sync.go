@@ -43,17 +43,14 @@ type Syncer struct {
 	// has applied only part of it, so the next step renders nothing twice.
 	wanted   *Rules
 	lastFull time.Time
-	// lastOK is when a sync last succeeded; failing, whether the latest
-	// failed (the per-family part of the health answer).
-	lastOK  time.Time
-	failing bool
-	rules   *Rules
+	rules    *Rules
 	// lastUDP are the UDP frontends of the last successful sync; udpRetry
 	// is set while a failed clean-up is to be retried.
 	lastUDP  udpFrontends
 	udpRetry bool
-	// For /debug/rules: the last batch applied and the last one refused.
-	lastBatch, lastFailed Batch
+	// outcome is what syncs leave for readers that must not wait for a
+	// sync in progress.
+	outcome syncOutcome
 	// quarantine holds the Service ports whose rules the kernel refused.
 	quarantine map[ServicePortName]quarantined
 }
@@ -84,6 +81,20 @@ func (s *Syncer) Rules() *Rules {
 	return s.rules
 }
 
+// syncOutcome is what the last syncs left for /healthz and /debug/rules,
+// under its own lock: a sync holds the Syncer's lock for as long as it
+// runs (minutes for a cold start at 30,000 Services, 5 s waiting for the
+// xtables lock), and the health answer must not wait for it.
+type syncOutcome struct {
+	mu sync.Mutex
+	// lastOK is when a sync last succeeded; failing, whether the latest
+	// failed (the per-family part of the health answer).
+	lastOK  time.Time
+	failing bool
+	// For /debug/rules: the last batch applied and the last one refused.
+	lastBatch, lastFailed Batch
+}
+
 // Sync renders the snapshot and applies the difference. Any failure makes the
 // next sync full. When the kernel refuses the batch and the refusal can be
 // pinned on single Service ports (by bisecting with test restores), those
@@ -92,19 +103,22 @@ func (s *Syncer) Sync(ctx context.Context, snap *Snapshot) (SyncResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	res, err := s.syncHeld(ctx, snap)
-	s.failing = err != nil
+	s.outcome.mu.Lock()
+	s.outcome.failing = err != nil
 	if err == nil {
-		s.lastOK = time.Now()
+		s.outcome.lastOK = time.Now()
 	}
+	s.outcome.mu.Unlock()
 	return res, err
 }
 
 // LastSynced is when a sync last succeeded (zero before the first), and
 // whether the latest one failed.
+// It never waits for a sync in progress.
 func (s *Syncer) LastSynced() (time.Time, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.lastOK, s.failing
+	s.outcome.mu.Lock()
+	defer s.outcome.mu.Unlock()
+	return s.outcome.lastOK, s.outcome.failing
 }
 
 // syncHeld is Sync, called with mu held.
@@ -180,7 +194,9 @@ func (r *syncRun) done(batch Batch, err error, size int) error {
 	s, fam := r.s, string(r.s.Config.Family)
 	if err != nil {
 		batch.Error = err.Error()
-		s.lastFailed = batch
+		s.outcome.mu.Lock()
+		s.outcome.lastFailed = batch
+		s.outcome.mu.Unlock()
 		s.applied = nil
 		metrics.RestoreFailures.WithLabelValues(fam).Inc()
 		if !r.full {
@@ -188,7 +204,9 @@ func (r *syncRun) done(batch Batch, err error, size int) error {
 		}
 		return fmt.Errorf("applying %s rules: %w", s.Config.Family, err)
 	}
-	s.lastBatch = batch
+	s.outcome.mu.Lock()
+	s.outcome.lastBatch = batch
+	s.outcome.mu.Unlock()
 	metrics.RestoreDuration.WithLabelValues(fam).Observe(time.Since(batch.Time).Seconds())
 	r.res.Bytes += size
 	r.res.Restores++

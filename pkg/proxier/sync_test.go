@@ -440,6 +440,43 @@ func (h *hungHost) Restore(ctx context.Context, text []byte) error {
 	return h.Fake.Restore(ctx, text)
 }
 
+// What /healthz and /debug/rules read of a syncer answers at once while a
+// sync is in progress (here hung in its restore), with the last finished
+// sync's outcome.
+func TestSyncOutcomeAnswersDuringASync(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	host := &hungHost{Fake: iptables.NewFake()}
+	s := NewSyncer(defaultConfig(), host)
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	if _, err := s.Sync(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	host.hang.Store(true)
+	snap2 := NewSnapshot()
+	addService(snap2, "web", "10.96.0.10", 3)
+	done := make(chan struct{})
+	go func() { _, _ = s.Sync(ctx, snap2); close(done) }()
+	wait.For(t, "the restore to hang", 10*time.Second, func() bool { return host.hung.Load() > 0 })
+	answered := make(chan bool, 1)
+	go func() {
+		last, failing := s.LastSynced()
+		applied, _ := s.Batches()
+		answered <- !last.IsZero() && !failing && applied.Text != ""
+	}()
+	select {
+	case ok := <-answered:
+		if !ok {
+			t.Error("during a sync, the last sync's outcome is not the finished one's")
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("LastSynced and Batches waited for the sync in progress")
+	}
+	cancel()
+	<-done
+}
+
 func TestHungRestoreIsAbandonedAndRetried(t *testing.T) {
 	ctx := context.Background()
 	host := &hungHost{Fake: iptables.NewFake()}
