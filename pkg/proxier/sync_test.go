@@ -440,22 +440,32 @@ func (h *hungHost) Restore(ctx context.Context, text []byte) error {
 	return h.Fake.Restore(ctx, text)
 }
 
+// hangingAfterASync is a syncer (with the given host timeout; zero: the
+// default) that has synced web with two endpoints, on a host whose
+// restores now hang, and the snapshot that scales web to three.
+func hangingAfterASync(t *testing.T, timeout time.Duration) (*hungHost, *Syncer, *Snapshot) {
+	t.Helper()
+	host := &hungHost{Fake: iptables.NewFake()}
+	s := NewSyncer(defaultConfig(), host)
+	s.HostTimeout = timeout
+	snap := NewSnapshot()
+	addService(snap, "web", "10.96.0.10", 2)
+	if _, err := s.Sync(context.Background(), snap); err != nil {
+		t.Fatal(err)
+	}
+	host.hang.Store(true)
+	next := NewSnapshot()
+	addService(next, "web", "10.96.0.10", 3)
+	return host, s, next
+}
+
 // What /healthz and /debug/rules read of a syncer answers at once while a
 // sync is in progress (here hung in its restore), with the last finished
 // sync's outcome.
 func TestSyncOutcomeAnswersDuringASync(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	host := &hungHost{Fake: iptables.NewFake()}
-	s := NewSyncer(defaultConfig(), host)
-	snap := NewSnapshot()
-	addService(snap, "web", "10.96.0.10", 2)
-	if _, err := s.Sync(ctx, snap); err != nil {
-		t.Fatal(err)
-	}
-	host.hang.Store(true)
-	snap2 := NewSnapshot()
-	addService(snap2, "web", "10.96.0.10", 3)
+	host, s, snap2 := hangingAfterASync(t, 0)
 	done := make(chan struct{})
 	go func() { _, _ = s.Sync(ctx, snap2); close(done) }()
 	wait.For(t, "the restore to hang", 10*time.Second, func() bool { return host.hung.Load() > 0 })
@@ -479,17 +489,7 @@ func TestSyncOutcomeAnswersDuringASync(t *testing.T) {
 
 func TestHungRestoreIsAbandonedAndRetried(t *testing.T) {
 	ctx := context.Background()
-	host := &hungHost{Fake: iptables.NewFake()}
-	s := NewSyncer(defaultConfig(), host)
-	s.HostTimeout = 50 * time.Millisecond
-	snap := NewSnapshot()
-	addService(snap, "web", "10.96.0.10", 2)
-	if _, err := s.Sync(ctx, snap); err != nil {
-		t.Fatal(err)
-	}
-	host.hang.Store(true)
-	snap2 := NewSnapshot()
-	addService(snap2, "web", "10.96.0.10", 3)
+	host, s, snap2 := hangingAfterASync(t, 50*time.Millisecond)
 	done := make(chan error, 1)
 	go func() { _, err := s.Sync(ctx, snap2); done <- err }()
 	select {
