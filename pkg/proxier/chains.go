@@ -128,3 +128,11 @@ func chainLevel(name string) string {
 	}
 	return "top"
 }
+
+// portChains are a Service port's chain names, hashed once.
+type portChains struct{ svc, svl, ext, fw string }
+
+func chainsOf(n ServicePortName) portChains {
+	h := portHash(n)
+	return portChains{svc: svcChainPrefix + h, svl: svlChainPrefix + h, ext: extChainPrefix + h, fw: fwChainPrefix + h}
+}

@@ -141,7 +141,7 @@ func TestLoopWaitsForTheCPUBudget(t *testing.T) {
 	if got := p.budget.Balance(); got != 0.1 {
 		t.Fatalf("balance %v after the first sync, want the full 0.1: a cold start is not charged", got)
 	}
-	_, before, _ := p.status()
+	before, _ := p.status()
 	start := time.Now()
 	var last *Snapshot
 	for i := range 40 { // one change every 10 ms for 400 ms
@@ -154,7 +154,7 @@ func TestLoopWaitsForTheCPUBudget(t *testing.T) {
 	}
 	want := wantChains(Render(last, defaultConfig()))
 	wait.For(t, "the last state", 10*time.Second, func() bool { return equalChains(swyChains(fake), want) })
-	_, after, _ := p.status()
+	after, _ := p.status()
 	// 400 ms of changes at 0.4 s of "CPU" per sync and a share of one core:
 	// no more than about one sync per 400 ms, plus the one the bucket allows.
 	if n := after - before; n > int(time.Since(start)/(400*time.Millisecond))+2 {
@@ -194,7 +194,7 @@ func TestAChangeWaitsBrieflyForItsPair(t *testing.T) {
 	p := New(LoopConfig{SyncPeriod: time.Hour}, src, NewSyncer(defaultConfig(), host))
 	go p.Run(ctx)
 	<-p.Synced()
-	_, before, _ := p.status()
+	before, _ := p.status()
 	alone := NewSnapshot()
 	addService(alone, "web", "10.96.0.10", 0)
 	src.set(alone)
@@ -208,7 +208,7 @@ func TestAChangeWaitsBrieflyForItsPair(t *testing.T) {
 	p.RequestSync()
 	want := wantChains(Render(both, defaultConfig()))
 	wait.For(t, "the Service with its endpoints", 10*time.Second, func() bool { return equalChains(swyChains(host.Fake), want) })
-	if _, after, _ := p.status(); after-before != 1 {
+	if after, _ := p.status(); after-before != 1 {
 		t.Errorf("%d syncs for a Service and its EndpointSlice 5 ms apart, want 1", after-before)
 	}
 }

@@ -72,7 +72,6 @@ type Proxier struct {
 	snapMu sync.Mutex
 
 	mu         sync.Mutex
-	lastSync   time.Time
 	syncCount  int
 	synced     chan struct{}
 	syncedOnce sync.Once
@@ -210,16 +209,16 @@ func (p *Proxier) FamilyHealth() []FamilyHealth {
 // Synced is closed after the first successful sync.
 func (p *Proxier) Synced() <-chan struct{} { return p.synced }
 
-// status reports the last sync's time, how many family syncs ran and the
-// families' last errors (nil when each family's last sync succeeded).
-func (p *Proxier) status() (time.Time, int, error) {
+// status reports how many family syncs ran and the families' last errors
+// (nil when each family's last sync succeeded).
+func (p *Proxier) status() (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error
 	for _, l := range p.loops {
 		errs = append(errs, l.lastErr)
 	}
-	return p.lastSync, p.syncCount, errors.Join(errs...)
+	return p.syncCount, errors.Join(errs...)
 }
 
 // SyncOnce renders and applies the current snapshot for every family, one
@@ -293,7 +292,6 @@ func (p *Proxier) syncFamily(ctx context.Context, l *familyLoop) (more bool, _ e
 		}
 	}
 	p.mu.Lock()
-	p.lastSync = time.Now()
 	l.lastErr = err
 	l.lastTook = took
 	p.syncCount++

@@ -137,6 +137,8 @@ func familyAddrs(addrs []netip.Addr, family v1.IPFamily) []netip.Addr {
 // chains exist, where each kind of traffic goes, what is masqueraded, and
 // what is dropped or rejected. renderServicePort then only writes it down.
 type portPlan struct {
+	// chains are the names of the Service port's own chains.
+	chains             portChains
 	vip                netip.Addr
 	externalIPs, lbIPs []netip.Addr
 	// sets are the endpoints the policy chains use.
@@ -169,7 +171,7 @@ func planServicePort(snap *Snapshot, cfg RenderConfig, svc *ServicePort) (portPl
 	if !ok {
 		return portPlan{}, false
 	}
-	p := portPlan{vip: vip, externalIPs: familyAddrs(svc.ExternalIPs, cfg.Family), lbIPs: familyAddrs(svc.LoadBalancerIPs, cfg.Family)}
+	p := portPlan{chains: chainsOf(name), vip: vip, externalIPs: familyAddrs(svc.ExternalIPs, cfg.Family), lbIPs: familyAddrs(svc.LoadBalancerIPs, cfg.Family)}
 	externallyAccessible := svc.NodePort != 0 || len(p.externalIPs) > 0 || len(p.lbIPs) > 0
 	p.externalLocal = svc.ExternalPolicyLocal && externallyAccessible
 	internalLocal := svc.InternalPolicyLocal
@@ -193,9 +195,9 @@ func planServicePort(snap *Snapshot, cfg RenderConfig, svc *ServicePort) (portPl
 		case !p.sets.any, local && len(p.sets.local) == 0:
 			return trafficPlan{verdict: verdict, why: why}
 		case local:
-			return trafficPlan{chain: LocalChainName(name)}
+			return trafficPlan{chain: p.chains.svl}
 		}
-		return trafficPlan{chain: ServiceChainName(name)}
+		return trafficPlan{chain: p.chains.svc}
 	}
 	p.internal, p.external = policy(internalLocal), policy(p.externalLocal)
 	p.extChain = p.sets.any && externallyAccessible
@@ -237,9 +239,9 @@ func renderServicePort(out *output, snap *Snapshot, cfg RenderConfig, svc *Servi
 // addresses and writes its NodePort rules and its filter verdicts.
 func renderFrontends(out *output, cfg RenderConfig, svc *ServicePort, p portPlan) []dispatchEntry {
 	str, proto := svc.Name.String(), svc.Name.Protocol
-	extChain, lbChain := ExternalChainName(svc.Name), ExternalChainName(svc.Name)
+	extChain, lbChain := p.chains.ext, p.chains.ext
 	if p.fwChain {
-		lbChain = FirewallChainName(svc.Name)
+		lbChain = p.chains.fw
 	}
 	var dispatch []dispatchEntry
 	entry := func(ip netip.Addr, what, target string) {
@@ -317,7 +319,7 @@ func renderClusterIPMasquerade(out *output, snap *Snapshot, cfg RenderConfig, sv
 
 // renderExternalChain writes SWY-EXT: where traffic from outside goes.
 func renderExternalChain(out *output, snap *Snapshot, cfg RenderConfig, svc *ServicePort, p portPlan) {
-	str, extChain, svcChain := svc.Name.String(), ExternalChainName(svc.Name), ServiceChainName(svc.Name)
+	str, extChain, svcChain := svc.Name.String(), p.chains.ext, p.chains.svc
 	out.natChain(extChain, nil)
 	if !p.externalLocal {
 		out.natRule(extChain, comment("masquerade traffic for "+str+" external destinations").add("-j", ChainMarkMasq))
@@ -339,7 +341,7 @@ func renderExternalChain(out *output, snap *Snapshot, cfg RenderConfig, svc *Ser
 
 // renderFirewallChain writes SWY-FW: the load balancer source ranges.
 func renderFirewallChain(out *output, snap *Snapshot, cfg RenderConfig, svc *ServicePort, p portPlan) {
-	str, extChain, fwChain := svc.Name.String(), ExternalChainName(svc.Name), FirewallChainName(svc.Name)
+	str, extChain, fwChain := svc.Name.String(), p.chains.ext, p.chains.fw
 	out.natChain(fwChain, nil)
 	c := comment(str + " loadbalancer IP")
 	allowFromNode := false
@@ -373,10 +375,10 @@ func renderEndpoints(out *output, snap *Snapshot, cfg RenderConfig, svc *Service
 	// mark, so there every endpoint keeps its chain.
 	remote := func(ep Endpoint) bool { return !p.externalLocal && remoteEndpoint(snap, ep) }
 	if p.clusterChain {
-		writeEndpointRules(out, cfg, ServiceChainName(name), svc, p.sets.cluster, remote)
+		writeEndpointRules(out, cfg, p.chains.svc, svc, p.sets.cluster, remote)
 	}
 	if p.localChain {
-		writeEndpointRules(out, cfg, LocalChainName(name), svc, p.sets.local, remote)
+		writeEndpointRules(out, cfg, p.chains.svl, svc, p.sets.local, remote)
 	}
 	seen := map[string]bool{}
 	for _, ep := range append(append([]Endpoint{}, p.sets.cluster...), p.sets.local...) {

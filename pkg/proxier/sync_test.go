@@ -600,7 +600,7 @@ func TestChurnFasterThanTheSyncPeriod(t *testing.T) {
 	}
 	want := wantChains(Render(last, defaultConfig()))
 	wait.For(t, "the last state", 10*time.Second, func() bool { return equalChains(swyChains(fake), want) })
-	_, syncs, err := p.status()
+	syncs, err := p.status()
 	if err != nil {
 		t.Fatal(err)
 	}

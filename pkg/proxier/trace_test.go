@@ -73,8 +73,12 @@ func (f flow) protocol() string {
 // runFlows traces every flow through r and checks its fate.
 func runFlows(t *testing.T, r *Rules, flows []flow) {
 	t.Helper()
+	rs, err := iptables.ParseSave(RestoreText(r))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, f := range flows {
-		tr := traceRules(t, r, f)
+		tr := traceIn(rs, f)
 		where := f.src.String() + " -> " + f.protocol() + " " + f.dst
 		w := f.want
 		if got := tr.Endpoints(); !reflect.DeepEqual(got, w.endpoints) {
