@@ -59,7 +59,8 @@ func portCost(rules *Rules, name ServicePortName) int {
 
 // boundedTarget returns the snapshot to apply next, given what was applied
 // (prev, rendered as prevRules) and what is wanted (next, rendered as
-// nextRules), and how many changed Service ports it leaves for later syncs. With no bound, no earlier state, or a change of
+// nextRules), and how many changed Service ports it leaves for later
+// syncs. With no bound, no earlier state, or a change of
 // the node's own facts (which touches every Service), it is next itself.
 func boundedTarget(prev, next *Snapshot, prevRules, nextRules *Rules, maxRules int) (*Snapshot, int) {
 	if maxRules <= 0 || prev == nil || !sameNodeFacts(prev, next) {

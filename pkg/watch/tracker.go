@@ -1,7 +1,8 @@
 // Package watch owns the informers on Services, EndpointSlices and the
 // proxy's own Node, and the change tracker that turns their events into the
 // proxier's model. Event handlers only convert, record the change keyed by
-// namespace/name, and request a sync; they never touch the host.
+// namespace/name, and announce it (Tracker.Changes); they never touch the
+// host.
 package watch
 
 import (
