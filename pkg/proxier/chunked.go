@@ -31,18 +31,26 @@ type chunker struct {
 	max   int
 	emit  func([]byte) error
 	err   error
-	cur   map[string]*bytes.Buffer // table -> body
-	decl  map[string]*bytes.Buffer // table -> declarations
+	cur   map[string]*chunkPart // table -> body
+	decl  map[string]*chunkPart // table -> declarations
 	rules int
 }
 
-func newChunker(max int, emit func([]byte) error) *chunker {
-	return &chunker{max: max, emit: emit, cur: map[string]*bytes.Buffer{}, decl: map[string]*bytes.Buffer{}}
+// chunkPart is one part of a chunk's text and the writer that fills it.
+type chunkPart struct {
+	b bytes.Buffer
+	w *iptables.RestoreWriter
 }
 
-func (c *chunker) buf(m map[string]*bytes.Buffer, table string) *bytes.Buffer {
+func newChunker(max int, emit func([]byte) error) *chunker {
+	return &chunker{max: max, emit: emit, cur: map[string]*chunkPart{}, decl: map[string]*chunkPart{}}
+}
+
+func (c *chunker) part(m map[string]*chunkPart, table string) *chunkPart {
 	if m[table] == nil {
-		m[table] = &bytes.Buffer{}
+		p := &chunkPart{}
+		p.w = iptables.NewRestoreWriter(&p.b)
+		m[table] = p
 	}
 	return m[table]
 }
@@ -63,20 +71,18 @@ func (c *chunker) group(size int, add func(c *chunker)) {
 // bytes.Buffer never fails a write) and joined at flush.
 func (c *chunker) chain(table string, ch Chain) {
 	c.declare(table, ch.Name)
-	iptables.NewRestoreWriter(c.buf(c.cur, table)).Rules(ch.Name, ch.Rules)
+	c.part(c.cur, table).w.Rules(ch.Name, ch.Rules)
 }
 
-func (c *chunker) line(table, text string) { iptables.NewRestoreWriter(c.buf(c.cur, table)).Line(text) }
+func (c *chunker) line(table, text string) { c.part(c.cur, table).w.Line(text) }
 
-func (c *chunker) declare(table, name string) {
-	iptables.NewRestoreWriter(c.buf(c.decl, table)).DeclareChain(name)
-}
+func (c *chunker) declare(table, name string) { c.part(c.decl, table).w.DeclareChain(name) }
 
 func (c *chunker) flush() {
 	var b bytes.Buffer
 	w := iptables.NewRestoreWriter(&b)
 	for _, t := range []string{TableFilter, TableNAT} {
-		d, body := c.buf(c.decl, t), c.buf(c.cur, t)
+		d, body := &c.part(c.decl, t).b, &c.part(c.cur, t).b
 		if d.Len()+body.Len() == 0 {
 			continue
 		}
@@ -88,11 +94,11 @@ func (c *chunker) flush() {
 	if b.Len() > 0 && c.err == nil {
 		c.err = c.emit(b.Bytes())
 	}
-	c.cur, c.decl, c.rules = map[string]*bytes.Buffer{}, map[string]*bytes.Buffer{}, 0
 	for _, t := range []string{TableFilter, TableNAT} {
-		c.buf(c.cur, t)
-		c.buf(c.decl, t)
+		c.part(c.cur, t).b.Reset()
+		c.part(c.decl, t).b.Reset()
 	}
+	c.rules = 0
 }
 
 // hostTables is what a full sync found on the host, per table: every
