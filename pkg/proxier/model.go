@@ -9,7 +9,9 @@
 package proxier
 
 import (
+	"cmp"
 	"net/netip"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -155,8 +157,21 @@ type Snapshot struct {
 	// for the network programming latency metric.
 	TriggerTimes []time.Time
 
-	// sorted, when set, is the keys of Services in SortedNames order.
-	sorted []ServicePortName
+	// order, when set, is a sorted view of Services and Endpoints.
+	order *snapOrder
+}
+
+// snapOrder is a sorted view of a snapshot's maps: the Service port names
+// in SortedNames order and, when known, each name's ServicePort and
+// endpoints aligned with them. It holds the very maps it was made for, and
+// a snapshot whose maps are others (a copy with some Services left out)
+// does not use it.
+type snapOrder struct {
+	services map[ServicePortName]*ServicePort
+	eps      map[ServicePortName][]Endpoint
+	names    []ServicePortName
+	svcList  []*ServicePort // nil: not known
+	epList   [][]Endpoint
 }
 
 // SetSortedNames hands the snapshot its Service port names already sorted,
@@ -164,7 +179,34 @@ type Snapshot struct {
 // while no Service changes, so a sync for an endpoint change does not sort
 // 10,000 names. names must be exactly the keys of Services, in order, and
 // must not be changed afterwards.
-func (s *Snapshot) SetSortedNames(names []ServicePortName) { s.sorted = names }
+func (s *Snapshot) SetSortedNames(names []ServicePortName) {
+	s.order = &snapOrder{services: s.Services, eps: s.Endpoints, names: names}
+}
+
+// SetSorted is SetSortedNames with, aligned with names, each name's
+// ServicePort and endpoints (Services[names[i]] and Endpoints[names[i]]),
+// so the renderer finds what changed by comparing pointers, without a map
+// lookup per Service port. None of the three may be changed afterwards.
+func (s *Snapshot) SetSorted(names []ServicePortName, svcs []*ServicePort, eps [][]Endpoint) {
+	s.SetSortedNames(names)
+	if len(svcs) == len(names) && len(eps) == len(names) {
+		s.order.svcList, s.order.epList = svcs, eps
+	}
+}
+
+// sortedView is the snapshot's order when it was made for these very maps.
+func (s *Snapshot) sortedView() *snapOrder {
+	o := s.order
+	if o == nil || len(o.names) != len(s.Services) || !sameMap(o.services, s.Services) || !sameMap(o.eps, s.Endpoints) {
+		return nil
+	}
+	return o
+}
+
+// sameMap reports whether a and b are the same map (not merely equal).
+func sameMap[K comparable, V any](a, b map[K]V) bool {
+	return reflect.ValueOf(a).Pointer() == reflect.ValueOf(b).Pointer()
+}
 
 // NewSnapshot returns an empty snapshot.
 func NewSnapshot() *Snapshot {
@@ -177,8 +219,8 @@ func NewSnapshot() *Snapshot {
 // SortedNames returns the snapshot's Service port names in a stable order.
 // The slice is shared: callers must not change it.
 func (s *Snapshot) SortedNames() []ServicePortName {
-	if s.sorted != nil && len(s.sorted) == len(s.Services) {
-		return s.sorted
+	if o := s.sortedView(); o != nil {
+		return o.names
 	}
 	names := make([]ServicePortName, 0, len(s.Services))
 	for n := range s.Services {
@@ -188,17 +230,21 @@ func (s *Snapshot) SortedNames() []ServicePortName {
 	return names
 }
 
-func lessName(a, b ServicePortName) bool {
-	if a.Namespace != b.Namespace {
-		return a.Namespace < b.Namespace
+func lessName(a, b ServicePortName) bool { return CompareNames(a, b) < 0 }
+
+// CompareNames orders Service port names as SortedNames does: by
+// namespace, name, port name and protocol.
+func CompareNames(a, b ServicePortName) int {
+	if c := cmp.Compare(a.Namespace, b.Namespace); c != 0 {
+		return c
 	}
-	if a.Name != b.Name {
-		return a.Name < b.Name
+	if c := cmp.Compare(a.Name, b.Name); c != 0 {
+		return c
 	}
-	if a.Port != b.Port {
-		return a.Port < b.Port
+	if c := cmp.Compare(a.Port, b.Port); c != 0 {
+		return c
 	}
-	return a.Protocol < b.Protocol
+	return cmp.Compare(a.Protocol, b.Protocol)
 }
 
 func familyOf(a netip.Addr) v1.IPFamily {

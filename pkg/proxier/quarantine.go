@@ -25,7 +25,7 @@ func (s *Syncer) releaseAndFilterQuarantine(snap *Snapshot) *Snapshot {
 		return snap
 	}
 	out := *snap
-	out.sorted = nil
+	out.order = nil
 	out.Services = make(map[ServicePortName]*ServicePort, len(snap.Services))
 	for n, sp := range snap.Services {
 		q, ok := s.quarantine[n]

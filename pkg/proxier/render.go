@@ -75,6 +75,8 @@ type Renderer struct {
 	key   string
 	names []ServicePortName // the last render's, sorted
 	ports []*portRender     // aligned with names
+	// shared is the last render's top-level chains and dispatch trees.
+	shared *sharedRender
 }
 
 // portRender is one Service port's rendered output and the inputs it came from.
@@ -192,40 +194,32 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig, also ...*Rules) *Rul
 			reuseFrom(ports, names, snap, other)
 		}
 	}
-	out := newOutput()
-	top := TopLevelChains()
-	for _, c := range top[TableNAT] {
-		out.nat[c] = nil
-	}
-	for _, c := range top[TableFilter] {
-		out.filter[c] = nil
-	}
-	room := map[string]int{}
 	var counts ruleCounts
+	var stats RenderStats
 	for i, pr := range ports {
 		if pr == nil {
 			eps := snap.Endpoints[names[i]]
 			pr = renderPort(snap, cfg, snap.Services[names[i]], eps, countFamily(eps, cfg.Family))
 			ports[i] = pr
 		}
-		out.merge(pr)
 		counts.add(pr.rules)
-		room[TableNAT] += len(pr.nat)
-		room[TableFilter] += len(pr.filter)
+		stats.NoLocalInternal += pr.stats.NoLocalInternal
+		stats.NoLocalExternal += pr.stats.NoLocalExternal
 	}
-	r.key, r.names, r.ports = key, names, ports
-
-	dispatch := out.buildDispatch(cfg.DispatchLeafSize)
-	out.nat[ChainServices] = append(out.nat[ChainServices], nodePortJumps(snap, cfg)...)
-	out.renderSharedChains(cfg)
+	sh := r.shared
+	if sh == nil || r.key != key || !sameDispatch(names, ports, r.names, r.ports) {
+		sh = renderShared(snap, cfg, ports)
+	}
+	r.key, r.names, r.ports, r.shared = key, names, ports, sh
+	counts.add(sh.counts)
 
 	// Each table: the top-level chains, the dispatch nodes by name, then
 	// every Service port's own chains, ports in name order.
-	rules := &Rules{Jumps: BaseJumps(), Stats: out.stats, key: key, names: names, ports: ports, dispatch: dispatch,
-		shared: map[string]map[string][]string{TableFilter: out.filter, TableNAT: out.nat}}
+	rules := &Rules{Jumps: BaseJumps(), Stats: stats, key: key, names: names, ports: ports, dispatch: sh.dispatch,
+		shared: sh.chains, counts: counts}
 	for _, t := range []string{TableFilter, TableNAT} {
-		table := orderedTable(t, rules.shared[t], top[t], room[t])
-		counts.addChains(t, table.Chains) // the shared chains, so far
+		table := Table{Name: t, Chains: make([]Chain, 0, len(sh.ordered[t])+sh.room(ports, t))}
+		table.Chains = append(table.Chains, sh.ordered[t]...)
 		for _, pr := range ports {
 			if t == TableNAT {
 				table.Chains = append(table.Chains, pr.nat...)
@@ -235,21 +229,94 @@ func (r *Renderer) Render(snap *Snapshot, cfg RenderConfig, also ...*Rules) *Rul
 		}
 		rules.Tables = append(rules.Tables, table)
 	}
-	rules.counts = counts
 	return rules
+}
+
+// sharedRender is what a render writes besides the Service ports' own
+// chains: the top-level chains and the dispatch trees. It depends only on
+// the render's key and every port's dispatch rules, so a sync whose changed
+// ports kept their dispatch rules (an endpoint change: the common case)
+// reuses it whole. It is never changed once made.
+type sharedRender struct {
+	chains   map[string]map[string][]string // by table, chain
+	ordered  map[string][]Chain             // by table: the top-level chains, then the rest by name
+	dispatch map[string][]string
+	counts   ruleCounts
+}
+
+// room is how many chains the ports own in one table.
+func (sh *sharedRender) room(ports []*portRender, table string) int {
+	n := 0
+	for _, pr := range ports {
+		if table == TableNAT {
+			n += len(pr.nat)
+		} else {
+			n += len(pr.filter)
+		}
+	}
+	return n
+}
+
+// renderShared merges every port's dispatch rules into the dispatch trees
+// and writes the top-level chains.
+func renderShared(snap *Snapshot, cfg RenderConfig, ports []*portRender) *sharedRender {
+	out := newOutput()
+	top := TopLevelChains()
+	for _, c := range top[TableNAT] {
+		out.nat[c] = nil
+	}
+	for _, c := range top[TableFilter] {
+		out.filter[c] = nil
+	}
+	for _, pr := range ports {
+		out.merge(pr)
+	}
+	sh := &sharedRender{dispatch: out.buildDispatch(cfg.DispatchLeafSize),
+		chains: map[string]map[string][]string{TableFilter: out.filter, TableNAT: out.nat}, ordered: map[string][]Chain{}}
+	out.nat[ChainServices] = append(out.nat[ChainServices], nodePortJumps(snap, cfg)...)
+	out.renderSharedChains(cfg)
+	for _, t := range []string{TableFilter, TableNAT} {
+		sh.ordered[t] = orderedTable(t, sh.chains[t], top[t], 0).Chains
+		sh.counts.addChains(t, sh.ordered[t])
+	}
+	return sh
+}
+
+// sameDispatch reports whether every port of a render has the same
+// dispatch rules as in the last one: the same names, and each port either
+// reused or re-rendered with equal dispatch rules.
+func sameDispatch(names []ServicePortName, ports []*portRender, lastNames []ServicePortName, lastPorts []*portRender) bool {
+	if !sameSlice(names, lastNames) {
+		return false
+	}
+	for i, pr := range ports {
+		if old := lastPorts[i]; pr != old && !slices.Equal(pr.keys, old.keys) {
+			return false
+		}
+	}
+	return true
 }
 
 // reusable pairs each Service port with last time's render of it when that
 // came from the very same objects, and counts the endpoints of the family.
-// Both name lists are sorted, so one walk does it (no map lookups: at
-// 10,000 ports those cost more than the rendering of one change).
+// Both name lists are sorted, so one walk does it; with the tracker's
+// aligned view (Snapshot.SetSorted) it looks nothing up in the maps (at
+// 10,000 ports, two lookups each cost more than rendering one change).
 func (r *Renderer) reusable(snap *Snapshot, names []ServicePortName, family v1.IPFamily) ([]*portRender, int) {
 	ports := make([]*portRender, len(names))
 	endpoints := 0
 	sameNames := sameSlice(names, r.names)
+	view := snap.sortedView()
+	aligned := view != nil && view.svcList != nil && sameSlice(view.names, names)
 	j := 0
 	for i, name := range names {
-		svc, eps := snap.Services[name], snap.Endpoints[name]
+		var svc *ServicePort
+		var eps []Endpoint
+		if aligned {
+			svc, eps = view.svcList[i], view.epList[i]
+		} else {
+			svc, eps = snap.Services[name], snap.Endpoints[name]
+		}
 		var old *portRender
 		if sameNames {
 			old = r.ports[i]

@@ -6,7 +6,9 @@
 package watch
 
 import (
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,9 +50,17 @@ type Tracker struct {
 	svcChanges   map[string]bool
 	sliceChanges map[string]bool
 	triggers     []time.Time
-	// sorted is the last snapshot's sorted Service port names, reused
-	// while no Service changes.
-	sorted []proxier.ServicePortName
+	// dirty: the Services (namespace/name) whose ports or endpoints may
+	// have changed since the last snapshot built.
+	dirty map[string]bool
+	// built is the last snapshot built; the next copies its maps and makes
+	// only the dirty Services' entries again.
+	built *proxier.Snapshot
+	// sorted is built's sorted Service port names, the same slice while no
+	// Service port comes or goes; svcList and epList are aligned with it.
+	sorted  []proxier.ServicePortName
+	svcList []*proxier.ServicePort
+	epList  [][]proxier.Endpoint
 	// last is the last snapshot, handed out again (its maps shared) while
 	// nothing changed: each IP family's loop takes one per change, and at
 	// 10,000 Services its maps weigh 2.5 MB.
@@ -67,7 +77,7 @@ func NewTracker(logger klog.Logger, filter proxier.Filter, nodeName string, repo
 		merged:     map[string]proxier.PortList{},
 		sliceOwner: map[string]string{},
 		node:       proxier.NodeInfo{Name: nodeName},
-		svcChanges: map[string]bool{}, sliceChanges: map[string]bool{},
+		svcChanges: map[string]bool{}, sliceChanges: map[string]bool{}, dirty: map[string]bool{},
 	}
 }
 
@@ -77,6 +87,7 @@ const TriggerTimeAnnotation = "endpoints.kubernetes.io/last-change-trigger-time"
 
 func (t *Tracker) serviceChangedLocked(key string) {
 	t.last = nil
+	t.dirty[key] = true
 	t.svcChanges[key] = true
 	metrics.ServiceChangesTotal.Inc()
 	metrics.ServiceChangesPending.Set(float64(len(t.svcChanges)))
@@ -166,6 +177,7 @@ func (t *Tracker) updateParsedSlice(p *parsedSlice) {
 		t.removeSliceLocked(old, p.Name)
 	}
 	if svcKey != "" {
+		t.dirty[svcKey] = true
 		t.slices[svcKey] = putSlice(t.slices[svcKey], proxier.NamedSlice{Name: p.Name, Ports: p.endpoints})
 		t.sliceOwner[sliceKey] = svcKey
 		t.merged[svcKey] = proxier.MergeSlices(t.slices[svcKey])
@@ -202,6 +214,7 @@ func putSlice(list []proxier.NamedSlice, s proxier.NamedSlice) []proxier.NamedSl
 }
 
 func (t *Tracker) removeSliceLocked(svcKey, sliceName string) {
+	t.dirty[svcKey] = true
 	t.slices[svcKey] = slices.DeleteFunc(t.slices[svcKey], func(s proxier.NamedSlice) bool { return s.Name == sliceName })
 	if len(t.slices[svcKey]) == 0 {
 		delete(t.slices, svcKey)
@@ -268,32 +281,143 @@ func (t *Tracker) TakeSnapshot() *proxier.Snapshot {
 		t.triggers = nil
 		return &again
 	}
-	snap := &proxier.Snapshot{
-		Services:     make(map[proxier.ServicePortName]*proxier.ServicePort, len(t.services)),
-		Endpoints:    make(map[proxier.ServicePortName][]proxier.Endpoint, len(t.services)),
-		Node:         t.node,
-		TriggerTimes: t.triggers,
+	var snap *proxier.Snapshot
+	if t.built != nil && len(t.dirty)*8 <= len(t.services) {
+		snap = t.patchLocked()
+	} else {
+		snap = t.buildLocked()
 	}
+	snap.Node, snap.TriggerTimes = t.node, t.triggers
+	snap.SetSorted(t.sorted, t.svcList, t.epList)
 	t.triggers = nil
-	servicesChanged := len(t.svcChanges) > 0
 	clear(t.svcChanges)
 	clear(t.sliceChanges)
+	clear(t.dirty)
 	metrics.ServiceChangesPending.Set(0)
 	metrics.EndpointChangesPending.Set(0)
-	for key, ports := range t.services {
-		merged := t.merged[key]
-		for _, p := range ports {
-			snap.Services[p.Name] = p
-			if eps := merged.For(proxier.PortKey{Name: p.Name.Port, Protocol: p.Name.Protocol}); len(eps) > 0 {
-				snap.Endpoints[p.Name] = eps
-			}
-		}
-	}
-	if servicesChanged || len(t.sorted) != len(snap.Services) {
-		t.sorted = snap.SortedNames()
-	}
-	snap.SetSortedNames(t.sorted)
-	t.last = snap
+	t.last, t.built = snap, snap
 	again := *snap
 	return &again
+}
+
+// portsLocked is what the snapshot holds for one Service: each port and,
+// when it has any, its endpoints.
+func (t *Tracker) portsLocked(key string, each func(*proxier.ServicePort, []proxier.Endpoint)) {
+	merged := t.merged[key]
+	for _, p := range t.services[key] {
+		each(p, merged.For(proxier.PortKey{Name: p.Name.Port, Protocol: p.Name.Protocol}))
+	}
+}
+
+// buildLocked makes a snapshot from every Service, with its sorted view.
+func (t *Tracker) buildLocked() *proxier.Snapshot {
+	snap := &proxier.Snapshot{
+		Services:  make(map[proxier.ServicePortName]*proxier.ServicePort, len(t.services)),
+		Endpoints: make(map[proxier.ServicePortName][]proxier.Endpoint, len(t.services)),
+	}
+	for key := range t.services {
+		t.portsLocked(key, func(p *proxier.ServicePort, eps []proxier.Endpoint) {
+			snap.Services[p.Name] = p
+			if len(eps) > 0 {
+				snap.Endpoints[p.Name] = eps
+			}
+		})
+	}
+	if len(t.svcChanges) > 0 || len(t.sorted) != len(snap.Services) {
+		t.sorted = snap.SortedNames()
+	}
+	t.svcList = make([]*proxier.ServicePort, len(t.sorted))
+	t.epList = make([][]proxier.Endpoint, len(t.sorted))
+	for i, n := range t.sorted {
+		t.svcList[i], t.epList[i] = snap.Services[n], snap.Endpoints[n]
+	}
+	return snap
+}
+
+// patchLocked makes the next snapshot from the last one built: its maps
+// copied, and only the changed Services' entries made again. The sorted
+// view is patched the same way; while no Service port comes or goes, the
+// names are the very same slice, which tells the renderer that only the
+// changed entries can differ.
+func (t *Tracker) patchLocked() *proxier.Snapshot {
+	snap := &proxier.Snapshot{Services: maps.Clone(t.built.Services), Endpoints: maps.Clone(t.built.Endpoints)}
+	touched := map[proxier.ServicePortName]bool{}
+	for key := range t.dirty {
+		for _, n := range namesOf(t.sorted, key) {
+			delete(snap.Services, n)
+			delete(snap.Endpoints, n)
+			touched[n] = true
+		}
+	}
+	var added []proxier.ServicePortName
+	for key := range t.dirty {
+		t.portsLocked(key, func(p *proxier.ServicePort, eps []proxier.Endpoint) {
+			snap.Services[p.Name] = p
+			if len(eps) > 0 {
+				snap.Endpoints[p.Name] = eps
+			}
+			if !touched[p.Name] {
+				added = append(added, p.Name)
+				touched[p.Name] = true
+			}
+		})
+	}
+	removed := len(t.sorted) + len(added) - len(snap.Services)
+	names := t.sorted
+	if len(added) > 0 || removed > 0 {
+		slices.SortFunc(added, proxier.CompareNames)
+		names = mergeNames(t.sorted, added, func(n proxier.ServicePortName) bool {
+			_, ok := snap.Services[n]
+			return ok
+		})
+	}
+	svcs := make([]*proxier.ServicePort, len(names))
+	eps := make([][]proxier.Endpoint, len(names))
+	same := sameNames(names, t.sorted)
+	for i, n := range names {
+		if same && !touched[n] {
+			svcs[i], eps[i] = t.svcList[i], t.epList[i]
+			continue
+		}
+		svcs[i], eps[i] = snap.Services[n], snap.Endpoints[n]
+	}
+	t.sorted, t.svcList, t.epList = names, svcs, eps
+	return snap
+}
+
+// namesOf is the names of one Service's ports (key: namespace/name) in a
+// sorted name list.
+func namesOf(sorted []proxier.ServicePortName, key string) []proxier.ServicePortName {
+	ns, name, _ := strings.Cut(key, "/")
+	first := proxier.ServicePortName{Namespace: ns, Name: name}
+	i, _ := slices.BinarySearchFunc(sorted, first, proxier.CompareNames)
+	j := i
+	for j < len(sorted) && sorted[j].Namespace == ns && sorted[j].Name == name {
+		j++
+	}
+	return sorted[i:j]
+}
+
+// mergeNames merges two sorted name lists, keeping from old only the names
+// keep accepts.
+func mergeNames(old, added []proxier.ServicePortName, keep func(proxier.ServicePortName) bool) []proxier.ServicePortName {
+	out := make([]proxier.ServicePortName, 0, len(old)+len(added))
+	i, j := 0, 0
+	for i < len(old) || j < len(added) {
+		if j == len(added) || i < len(old) && proxier.CompareNames(old[i], added[j]) < 0 {
+			if keep(old[i]) {
+				out = append(out, old[i])
+			}
+			i++
+			continue
+		}
+		out = append(out, added[j])
+		j++
+	}
+	return out
+}
+
+// sameNames reports whether two name lists are the same slice.
+func sameNames(a, b []proxier.ServicePortName) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
 }

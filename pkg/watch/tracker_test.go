@@ -1,6 +1,8 @@
 package watch
 
 import (
+	"fmt"
+	"math/rand"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -253,5 +255,73 @@ func TestSnapshotsShareMapsUntilAChange(t *testing.T) {
 	third := tr.TakeSnapshot()
 	if reflect.ValueOf(third.Endpoints).Pointer() == reflect.ValueOf(first.Endpoints).Pointer() || len(third.Endpoints[web]) != 2 {
 		t.Errorf("after a change: %d endpoints in shared maps", len(third.Endpoints[web]))
+	}
+}
+
+// The tracker builds each snapshot from the last one, remaking only the
+// changed Services' entries. Over a random run of Service, slice and Node
+// changes, every snapshot must equal one built from scratch, its sorted
+// view must match its maps, and rendering the snapshots one after the
+// other (each reusing the last render) must give what a fresh render of
+// the from-scratch snapshot gives.
+func TestPatchedSnapshotsEqualFreshOnes(t *testing.T) {
+	const services = 120
+	inc := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil)
+	ref := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil)
+	both := func(f func(*Tracker)) { f(inc); f(ref) }
+	for i := range services {
+		svc, sl := benchObjects(i, 3)
+		both(func(tr *Tracker) { tr.UpdateService(svc); tr.UpdateSlice(sl) })
+	}
+	cfg := proxier.RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14}
+	var r proxier.Renderer
+	rng := rand.New(rand.NewSource(7))
+	patched := 0
+	for step := range 400 {
+		for range 1 + rng.Intn(3) {
+			i := rng.Intn(services + 20) // some Services come and go
+			svc, sl := benchObjects(i, rng.Intn(5))
+			switch op := rng.Intn(10); {
+			case op < 5:
+				both(func(tr *Tracker) { tr.UpdateSlice(sl) })
+			case op < 6:
+				both(func(tr *Tracker) { tr.DeleteSlice(sl.Namespace, sl.Name) })
+			case op < 7:
+				both(func(tr *Tracker) { tr.DeleteService(svc.Namespace, svc.Name) })
+			case op < 8:
+				svc.Spec.Ports = append(svc.Spec.Ports, v1.ServicePort{Name: "dns", Port: 53, Protocol: v1.ProtocolUDP})
+				both(func(tr *Tracker) { tr.UpdateService(svc) })
+			case op < 9:
+				both(func(tr *Tracker) { tr.UpdateService(svc); tr.UpdateSlice(sl) })
+			default:
+				node := &v1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a", Labels: map[string]string{"step": fmt.Sprint(step)}}}
+				both(func(tr *Tracker) { tr.UpdateNode(node) })
+			}
+		}
+		if inc.built != nil && len(inc.dirty)*8 <= len(inc.services) {
+			patched++
+		}
+		ref.built = nil // always from scratch
+		got, want := inc.TakeSnapshot(), ref.TakeSnapshot()
+		if !reflect.DeepEqual(got.Services, want.Services) || !reflect.DeepEqual(got.Endpoints, want.Endpoints) {
+			t.Fatalf("step %d: the patched snapshot differs from one built from scratch", step)
+		}
+		fresh := *want
+		fresh.SetSortedNames(nil)
+		if !reflect.DeepEqual(got.SortedNames(), fresh.SortedNames()) {
+			t.Fatalf("step %d: sorted names %v, want %v", step, got.SortedNames(), fresh.SortedNames())
+		}
+		for i, n := range inc.sorted {
+			if inc.svcList[i] != got.Services[n] || len(inc.epList[i]) != len(got.Endpoints[n]) ||
+				len(inc.epList[i]) > 0 && &inc.epList[i][0] != &got.Endpoints[n][0] {
+				t.Fatalf("step %d: the sorted view's entry %d (%v) is not the map's", step, i, n)
+			}
+		}
+		if a, b := proxier.RestoreText(r.Render(got, cfg)), proxier.RestoreText(proxier.Render(&fresh, cfg)); a != b {
+			t.Fatalf("step %d: the incremental render differs from a fresh one:\n%s\nwant:\n%s", step, a, b)
+		}
+	}
+	if patched < 300 {
+		t.Errorf("only %d of 400 snapshots were patched; the test does not cover the patching", patched)
 	}
 }
