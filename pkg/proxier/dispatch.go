@@ -1,9 +1,10 @@
 package proxier
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
-	"sort"
+	"slices"
 	"strings"
 )
 
@@ -98,15 +99,17 @@ func buildDispatch(table, root string, rules []keyedRule, leafSize int) ([]strin
 	}
 	// Addresses first, then ports by protocol: the order the flat list
 	// gives them when a Service's address and NodePort rules are apart.
-	sort.SliceStable(keys, func(i, j int) bool {
-		a, b := keys[i], keys[j]
+	slices.SortStableFunc(keys, func(a, b treeKey) int {
 		if (a.kind == "addr") != (b.kind == "addr") {
-			return a.kind == "addr"
+			if a.kind == "addr" {
+				return -1
+			}
+			return 1
 		}
-		if a.kind != b.kind {
-			return a.kind < b.kind
+		if c := cmp.Compare(a.kind, b.kind); c != 0 {
+			return c
 		}
-		return a.key.Less(b.key)
+		return a.key.Compare(b.key)
 	})
 	var out []string
 	for start := 0; start < len(keys); {
@@ -147,7 +150,7 @@ func (t *dispatchTree) node(keys []treeKey) (netip.Prefix, string) {
 		for i, k := range keys {
 			idx[i] = k.idx
 		}
-		sort.Ints(idx)
+		slices.Sort(idx)
 		for _, i := range idx {
 			rules = append(rules, t.rules[i].rule)
 		}

@@ -3,6 +3,7 @@ package proxier
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 
 	v1 "k8s.io/api/core/v1"
@@ -43,7 +44,42 @@ type output struct {
 	stats               RenderStats
 }
 
-// merge adds one Service port's dispatch rules and figures.
+// mergeAll adds every Service port's dispatch rules, each list allocated
+// once at its full length.
+func (o *output) mergeAll(ports []*portRender) {
+	// A handful of roots: a list beats a map keyed by their names.
+	var sizes []rootSize
+	for _, p := range ports {
+	keys:
+		for _, k := range p.keys {
+			for i := range sizes {
+				if sizes[i].nat == k.nat && sizes[i].root == k.root {
+					sizes[i].n++
+					continue keys
+				}
+			}
+			sizes = append(sizes, rootSize{nat: k.nat, root: k.root, n: 1})
+		}
+	}
+	for _, r := range sizes {
+		if r.nat {
+			o.natKeys[r.root] = slices.Grow(o.natKeys[r.root], r.n)
+		} else {
+			o.filterKeys[r.root] = slices.Grow(o.filterKeys[r.root], r.n)
+		}
+	}
+	for _, p := range ports {
+		o.merge(p)
+	}
+}
+
+type rootSize struct {
+	nat  bool
+	root string
+	n    int
+}
+
+// merge adds one Service port's dispatch rules.
 func (o *output) merge(p *portRender) {
 	for _, k := range p.keys {
 		if k.nat {
@@ -52,8 +88,6 @@ func (o *output) merge(p *portRender) {
 			o.filterKeys[k.root] = append(o.filterKeys[k.root], k.rule)
 		}
 	}
-	o.stats.NoLocalInternal += p.stats.NoLocalInternal
-	o.stats.NoLocalExternal += p.stats.NoLocalExternal
 }
 
 func (o *output) natKeyed(chain string, r keyedRule) { o.natKeys[chain] = append(o.natKeys[chain], r) }

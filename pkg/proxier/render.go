@@ -268,9 +268,7 @@ func renderShared(snap *Snapshot, cfg RenderConfig, ports []*portRender) *shared
 	for _, c := range top[TableFilter] {
 		out.filter[c] = nil
 	}
-	for _, pr := range ports {
-		out.merge(pr)
-	}
+	out.mergeAll(ports)
 	sh := &sharedRender{dispatch: out.buildDispatch(cfg.DispatchLeafSize),
 		chains: map[string]map[string][]string{TableFilter: out.filter, TableNAT: out.nat}, ordered: map[string][]Chain{}}
 	out.nat[ChainServices] = append(out.nat[ChainServices], nodePortJumps(snap, cfg)...)
@@ -321,11 +319,14 @@ func (r *Renderer) reusable(snap *Snapshot, names []ServicePortName, family v1.I
 		if sameNames {
 			old = r.ports[i]
 		} else {
-			for j < len(r.names) && lessName(r.names[j], name) {
+			// Mostly the next name is the same (its strings the very same,
+			// which compares at once); order the names only when not.
+			for j < len(r.names) && r.names[j] != name && lessName(r.names[j], name) {
 				j++
 			}
 			if j < len(r.names) && r.names[j] == name {
 				old = r.ports[j]
+				j++
 			}
 		}
 		if old != nil && old.svc == svc && sameSlice(old.eps, eps) {

@@ -134,21 +134,8 @@ func peakRSS() float64 {
 // IP families (the IPv6 one has nothing to program). The host keeps
 // nothing, so this is the Go side of a change only.
 func BenchmarkDaemonSyncOneChange10k(b *testing.B) {
-	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil)
-	for i := range 10000 {
-		svc, sl := benchObjects(i, 10)
-		tr.UpdateService(svc)
-		tr.UpdateSlice(sl)
-	}
-	cfg := proxier.RenderConfig{MasqueradeBit: 14}
-	v4, v6 := cfg, cfg
-	v4.Family, v4.ClusterCIDR = v1.IPv4Protocol, netip.MustParsePrefix("10.244.0.0/16")
-	v6.Family = v1.IPv6Protocol
-	p := proxier.New(proxier.LoopConfig{}, tr, proxier.NewSyncer(v4, discard{}), proxier.NewSyncer(v6, discard{}))
+	tr, p := daemonAt(b, 10000)
 	ctx := context.Background()
-	if err := p.SyncOnce(ctx); err != nil {
-		b.Fatal(err)
-	}
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
@@ -160,4 +147,63 @@ func BenchmarkDaemonSyncOneChange10k(b *testing.B) {
 		}
 		i++
 	}
+}
+
+// BenchmarkDaemonNewService30k is a new Service and its slice at 30,000
+// Services x 10 endpoints spread over 50 nodes (the bench's shape), along
+// the same path: the change that rewrites a dispatch tree and adds a name
+// to the sorted ones.
+func BenchmarkDaemonNewService30k(b *testing.B) {
+	tr, p := daemonAt(b, 30000, spread)
+	ctx := context.Background()
+	b.ReportAllocs()
+	i := 30000
+	for b.Loop() {
+		svc, sl := spread(benchObjects(i, 10))
+		tr.UpdateService(svc)
+		tr.UpdateSlice(sl)
+		if err := p.SyncOnce(ctx); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+// daemonAt is a tracker with n Services x 10 endpoints and a proxier of
+// both IP families on it (the IPv6 one has nothing to program), synced
+// once. The host keeps nothing, so a sync is the Go side only.
+func daemonAt(b *testing.B, n int, shape ...func(*v1.Service, *discovery.EndpointSlice) (*v1.Service, *discovery.EndpointSlice)) (*Tracker, *proxier.Proxier) {
+	tr := NewTracker(klog.Background(), proxier.Filter{}, "node-a", nil)
+	for i := range n {
+		svc, sl := benchObjects(i, 10)
+		for _, f := range shape {
+			svc, sl = f(svc, sl)
+		}
+		tr.UpdateService(svc)
+		tr.UpdateSlice(sl)
+	}
+	cfg := proxier.RenderConfig{MasqueradeBit: 14}
+	v4, v6 := cfg, cfg
+	v4.Family, v4.ClusterCIDR = v1.IPv4Protocol, netip.MustParsePrefix("10.244.0.0/16")
+	v6.Family = v1.IPv6Protocol
+	p := proxier.New(proxier.LoopConfig{}, tr, proxier.NewSyncer(v4, discard{}), proxier.NewSyncer(v6, discard{}))
+	if err := p.SyncOnce(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return tr, p
+}
+
+// spread puts a Service's endpoints on 50 nodes, as the bench does: the
+// node under test ("node-a") holds one in fifty.
+func spread(svc *v1.Service, sl *discovery.EndpointSlice) (*v1.Service, *discovery.EndpointSlice) {
+	var i int
+	_, _ = fmt.Sscanf(svc.Name, "svc-%05d", &i)
+	for e := range sl.Endpoints {
+		node := "node-a"
+		if k := (i*len(sl.Endpoints) + e) % 50; k != 0 {
+			node = fmt.Sprintf("node-%d", k)
+		}
+		sl.Endpoints[e].NodeName = ptr.To(node)
+	}
+	return svc, sl
 }

@@ -336,88 +336,78 @@ func (t *Tracker) buildLocked() *proxier.Snapshot {
 
 // patchLocked makes the next snapshot from the last one built: its maps
 // copied, and only the changed Services' entries made again. The sorted
-// view is patched the same way; while no Service port comes or goes, the
-// names are the very same slice, which tells the renderer that only the
-// changed entries can differ.
+// view is patched the same way, by position, without a map lookup per
+// Service port; while no Service port comes or goes, the names are the very
+// same slice, which tells the renderer that only the changed entries can
+// differ.
 func (t *Tracker) patchLocked() *proxier.Snapshot {
 	snap := &proxier.Snapshot{Services: maps.Clone(t.built.Services), Endpoints: maps.Clone(t.built.Endpoints)}
-	touched := map[proxier.ServicePortName]bool{}
-	for key := range t.dirty {
-		for _, n := range namesOf(t.sorted, key) {
-			delete(snap.Services, n)
-			delete(snap.Endpoints, n)
-			touched[n] = true
-		}
-	}
+	var touched []int // positions in t.sorted of the changed Services' old ports
 	var added []proxier.ServicePortName
 	for key := range t.dirty {
+		lo, hi := rangeOf(t.sorted, key)
+		for i := lo; i < hi; i++ {
+			delete(snap.Services, t.sorted[i])
+			delete(snap.Endpoints, t.sorted[i])
+			touched = append(touched, i)
+		}
 		t.portsLocked(key, func(p *proxier.ServicePort, eps []proxier.Endpoint) {
 			snap.Services[p.Name] = p
 			if len(eps) > 0 {
 				snap.Endpoints[p.Name] = eps
 			}
-			if !touched[p.Name] {
+			if !slices.Contains(t.sorted[lo:hi], p.Name) {
 				added = append(added, p.Name)
-				touched[p.Name] = true
 			}
 		})
 	}
-	removed := len(t.sorted) + len(added) - len(snap.Services)
-	names := t.sorted
-	if len(added) > 0 || removed > 0 {
-		slices.SortFunc(added, proxier.CompareNames)
-		names = mergeNames(t.sorted, added, func(n proxier.ServicePortName) bool {
-			_, ok := snap.Services[n]
-			return ok
-		})
+	slices.Sort(touched)
+	gone := len(t.sorted) + len(added) - len(snap.Services) // old ports no longer there
+	if len(added) == 0 && gone == 0 {
+		svcs, eps := slices.Clone(t.svcList), slices.Clone(t.epList)
+		for _, i := range touched {
+			n := t.sorted[i]
+			svcs[i], eps[i] = snap.Services[n], snap.Endpoints[n]
+		}
+		t.svcList, t.epList = svcs, eps
+		return snap
 	}
-	svcs := make([]*proxier.ServicePort, len(names))
-	eps := make([][]proxier.Endpoint, len(names))
-	same := sameNames(names, t.sorted)
-	for i, n := range names {
-		if same && !touched[n] {
-			svcs[i], eps[i] = t.svcList[i], t.epList[i]
+	slices.SortFunc(added, proxier.CompareNames)
+	names := make([]proxier.ServicePortName, 0, len(snap.Services))
+	svcs := make([]*proxier.ServicePort, 0, len(snap.Services))
+	eps := make([][]proxier.Endpoint, 0, len(snap.Services))
+	put := func(n proxier.ServicePortName) {
+		if svc, ok := snap.Services[n]; ok {
+			names, svcs, eps = append(names, n), append(svcs, svc), append(eps, snap.Endpoints[n])
+		}
+	}
+	i, j := 0, 0
+	for i < len(t.sorted) || j < len(added) {
+		if j < len(added) && (i == len(t.sorted) || proxier.CompareNames(added[j], t.sorted[i]) < 0) {
+			put(added[j])
+			j++
 			continue
 		}
-		svcs[i], eps[i] = snap.Services[n], snap.Endpoints[n]
+		if len(touched) > 0 && touched[0] == i {
+			touched = touched[1:]
+			put(t.sorted[i])
+		} else {
+			names, svcs, eps = append(names, t.sorted[i]), append(svcs, t.svcList[i]), append(eps, t.epList[i])
+		}
+		i++
 	}
 	t.sorted, t.svcList, t.epList = names, svcs, eps
 	return snap
 }
 
-// namesOf is the names of one Service's ports (key: namespace/name) in a
-// sorted name list.
-func namesOf(sorted []proxier.ServicePortName, key string) []proxier.ServicePortName {
+// rangeOf is where one Service's ports (key: namespace/name) are in a
+// sorted name list: sorted[lo:hi].
+func rangeOf(sorted []proxier.ServicePortName, key string) (lo, hi int) {
 	ns, name, _ := strings.Cut(key, "/")
-	first := proxier.ServicePortName{Namespace: ns, Name: name}
-	i, _ := slices.BinarySearchFunc(sorted, first, proxier.CompareNames)
-	j := i
-	for j < len(sorted) && sorted[j].Namespace == ns && sorted[j].Name == name {
-		j++
+	lo, _ = slices.BinarySearchFunc(sorted, proxier.ServicePortName{Namespace: ns, Name: name}, proxier.CompareNames)
+	hi = lo
+	for hi < len(sorted) && sorted[hi].Namespace == ns && sorted[hi].Name == name {
+		hi++
 	}
-	return sorted[i:j]
-}
-
-// mergeNames merges two sorted name lists, keeping from old only the names
-// keep accepts.
-func mergeNames(old, added []proxier.ServicePortName, keep func(proxier.ServicePortName) bool) []proxier.ServicePortName {
-	out := make([]proxier.ServicePortName, 0, len(old)+len(added))
-	i, j := 0, 0
-	for i < len(old) || j < len(added) {
-		if j == len(added) || i < len(old) && proxier.CompareNames(old[i], added[j]) < 0 {
-			if keep(old[i]) {
-				out = append(out, old[i])
-			}
-			i++
-			continue
-		}
-		out = append(out, added[j])
-		j++
-	}
-	return out
-}
-
-// sameNames reports whether two name lists are the same slice.
-func sameNames(a, b []proxier.ServicePortName) bool {
-	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+	return lo, hi
 }
