@@ -130,3 +130,61 @@ func TestIncrementalSyncsMatchAFreshRender(t *testing.T) {
 		t.Errorf("the steps never rendered both sides of %d endpoints (with comments: %v, without: %v)", LargeClusterEndpoints, seen[true], seen[false])
 	}
 }
+
+// A Service that goes takes its rule out of a dispatch leaf by deleting
+// it: the restore adds no rule (on nf_tables, adding one costs a walk of the
+// whole table in the kernel), and the host ends as a fresh render.
+func TestServiceDeletionOnlyDeletesRules(t *testing.T) {
+	ctx := context.Background()
+	snap := NewSnapshot()
+	for i := range 200 {
+		n := spn(fmt.Sprintf("svc%03d", i), "http")
+		snap.Services[n] = &ServicePort{Name: n, Port: 80, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, 0, byte(i)})}}
+		snap.Endpoints[n] = []Endpoint{{Addr: netip.AddrFrom4([4]byte{10, 244, 1, byte(i)}), Port: 8080, Ready: true, Serving: true}}
+	}
+	fake := iptables.NewFake()
+	s := NewSyncer(defaultConfig(), fake)
+	if _, err := s.Sync(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	next := NewSnapshot()
+	for n, sp := range snap.Services {
+		if n.Name != "svc100" {
+			next.Services[n], next.Endpoints[n] = sp, snap.Endpoints[n]
+		}
+	}
+	if _, err := s.Sync(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	text := fake.Restores[len(fake.Restores)-1]
+	if !strings.Contains(text, "\n-D "+dispatchChainPrefix) || strings.Contains(text, "\n-A ") {
+		t.Errorf("deleting a Service should delete its dispatch rule and add none:\n%s", text)
+	}
+	want, got := renderedRules(t, Render(next, defaultConfig())), hostRules(fake)
+	if len(got) != len(want) {
+		t.Fatalf("%d chains on the host, want %d", len(got), len(want))
+	}
+	for k, w := range want {
+		if !slices.Equal(got[k], w) {
+			t.Fatalf("%s is\n%q\nwant\n%q", k, got[k], w)
+		}
+	}
+}
+
+func TestRemovedOnly(t *testing.T) {
+	for _, c := range []struct {
+		old, next, want []string
+	}{
+		{[]string{"a", "b", "c"}, []string{"a", "c"}, []string{"b"}},
+		{[]string{"a", "b", "c", "d"}, []string{"b"}, []string{"a", "c", "d"}},
+		{[]string{"a", "b"}, []string{"a", "b"}, nil},      // nothing removed
+		{[]string{"a", "b"}, nil, nil},                     // emptied: a flush does it
+		{[]string{"a", "b", "c"}, []string{"c", "a"}, nil}, // reordered
+		{[]string{"a", "b"}, []string{"a", "x"}, nil},      // a rule added
+		{[]string{"a", "b", "a"}, []string{"b", "a"}, nil}, // "-D a" would take the first
+	} {
+		if got := removedOnly(c.old, c.next); !slices.Equal(got, c.want) {
+			t.Errorf("removedOnly(%q, %q) = %q, want %q", c.old, c.next, got, c.want)
+		}
+	}
+}

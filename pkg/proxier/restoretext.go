@@ -54,6 +54,12 @@ func writeFullRestore(w *iptables.RestoreWriter, r *Rules, stale, unjump, jump m
 // is left out; with nothing to do at all the text is empty. Service ports
 // whose rendered output is the very same as last time are not looked at,
 // so the work is proportional to what changed (plus the dispatch chains).
+//
+// A chain that only lost rules (a dispatch leaf when a Service goes) has
+// them deleted one by one ("-D") instead of being written again: on
+// nf_tables a transaction that adds any rule makes the kernel re-validate
+// everything the base chains reach (0.1 s at 10,000 Services, 0.4 s at
+// 30,000), and one that only deletes and flushes does not.
 func partialRestore(r, last *Rules) ([]byte, SyncResult) {
 	var b bytes.Buffer
 	w := iptables.NewRestoreWriter(&b)
@@ -66,14 +72,27 @@ func partialRestore(r, last *Rules) ([]byte, SyncResult) {
 		sort.Slice(changed, func(i, j int) bool { return changed[i].Name < changed[j].Name })
 		sort.Strings(gone)
 		w.Table(t.Name)
+		var deletes []string
+		var rewrite []Chain
 		for _, c := range changed {
+			if removed := removedOnly(c.old, c.Rules); len(removed) > 0 {
+				for _, rule := range removed {
+					deletes = append(deletes, "-D "+c.Name+" "+rule)
+				}
+				continue
+			}
+			rewrite = append(rewrite, c.Chain)
 			w.DeclareChain(c.Name)
 		}
 		// Flush removed chains first: one may still jump to another.
 		for _, name := range gone {
 			w.DeclareChain(name)
 		}
-		for _, c := range changed {
+		// Deletions before the chains go: a deleted rule may jump to one.
+		for _, line := range deletes {
+			w.Line(line)
+		}
+		for _, c := range rewrite {
 			w.Rules(c.Name, c.Rules)
 		}
 		for _, name := range gone {
@@ -86,9 +105,48 @@ func partialRestore(r, last *Rules) ([]byte, SyncResult) {
 	return b.Bytes(), res
 }
 
+// removedOnly returns the rules of old that next lacks, when next is old
+// with some rules taken out (in the same order), next keeps at least one
+// rule, and each rule taken out is there once in old (so deleting it by its
+// text deletes that one); else nil.
+func removedOnly(old, next []string) []string {
+	if len(next) == 0 || len(next) >= len(old) {
+		return nil
+	}
+	var removed []string
+	j := 0
+	for _, rule := range old {
+		if j < len(next) && next[j] == rule {
+			j++
+			continue
+		}
+		removed = append(removed, rule)
+	}
+	if j < len(next) {
+		return nil // next is not old with rules taken out
+	}
+	count := make(map[string]int, len(old))
+	for _, rule := range old {
+		count[rule]++
+	}
+	for _, rule := range removed {
+		if count[rule] > 1 {
+			return nil
+		}
+	}
+	return removed
+}
+
+// chainChange is a chain whose content differs from what was applied: its
+// new content, and the old one (nil for a new chain).
+type chainChange struct {
+	Chain
+	old []string
+}
+
 // diffTable returns the chains of one table that are new or differ from
 // last, and the names of the chains last had that r has not.
-func diffTable(r, last *Rules, t Table) (changed []Chain, gone []string) {
+func diffTable(r, last *Rules, t Table) (changed []chainChange, gone []string) {
 	c, g := diffChainMaps(last.shared[t.Name], r.shared[t.Name])
 	changed, gone = append(changed, c...), append(gone, g...)
 	own := func(pr *portRender) []Chain {
@@ -125,7 +183,7 @@ func diffTable(r, last *Rules, t Table) (changed []Chain, gone []string) {
 	return changed, gone
 }
 
-func diffChains(prev, next []Chain) (changed []Chain, gone []string) {
+func diffChains(prev, next []Chain) (changed []chainChange, gone []string) {
 	pm := make(map[string][]string, len(prev))
 	for _, c := range prev {
 		pm[c.Name] = c.Rules
@@ -137,11 +195,11 @@ func diffChains(prev, next []Chain) (changed []Chain, gone []string) {
 	return diffChainMaps(pm, nm)
 }
 
-func diffChainMaps(prev, next map[string][]string) (changed []Chain, gone []string) {
+func diffChainMaps(prev, next map[string][]string) (changed []chainChange, gone []string) {
 	for name, rules := range next {
 		old, ok := prev[name]
 		if !ok || !sameSlice(old, rules) && !slices.Equal(old, rules) {
-			changed = append(changed, Chain{Name: name, Rules: rules})
+			changed = append(changed, chainChange{Chain: Chain{Name: name, Rules: rules}, old: old})
 		}
 	}
 	for name := range prev {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -142,6 +143,36 @@ func TestRealPacketsThroughDispatchTree(t *testing.T) {
 				want := fmt.Sprintf("pod%d", (i+1)%2)
 				if a, err := client.GetTCP(fmt.Sprintf("%s:%d", node.IP, 30000+i), 3*time.Second); err != nil || a.Server != want {
 					t.Errorf("after the swap, NodePort %d: answer %+v, err %v; want %s", 30000+i, a, err, want)
+				}
+			}
+
+			// Services that go are deleted from their dispatch leaves rule by
+			// rule ("-D", no rule added): their neighbours keep answering and
+			// the host ends exactly as rendered.
+			for _, i := range []int{2, 3, 9} {
+				n := proxier.ServicePortName{Namespace: "tree", Name: fmt.Sprintf("svc-%04d", i), Port: "http", Protocol: v1.ProtocolTCP}
+				delete(swapped.Services, n)
+				delete(swapped.Endpoints, n)
+			}
+			if res := sync(swapped); res.ChainsDeleted == 0 {
+				t.Errorf("deleting three Services deleted no chain: %+v", res)
+			}
+			if b, _ := syncer.Batches(); !strings.Contains(b.Text, "\n-D SWY-DSP-") || strings.Contains(b.Text, "\n-A ") {
+				t.Errorf("deleting Services should delete their dispatch rules and add none:\n%s", b.Text)
+			}
+			_ = node.Do(func() error {
+				r, err := iptables.NewRunner(context.Background(), iptables.IPv4, backend)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, _ := hostChains(t, r)
+				sameChains(t, "deletion", got, wantChains(proxier.Render(swapped, c)))
+				return nil
+			})
+			for _, i := range []int{1, 4, 8, 10} {
+				want := fmt.Sprintf("pod%d", (i+1)%2)
+				if a, err := client.GetTCP(fmt.Sprintf("%s:%d", node.IP, 30000+i), 3*time.Second); err != nil || a.Server != want {
+					t.Errorf("after deleting its neighbours, NodePort %d: answer %+v, err %v; want %s", 30000+i, a, err, want)
 				}
 			}
 		})
