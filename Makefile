@@ -95,7 +95,7 @@ BENCH_FLAGS ?=
 bench: setup build e2e-tools
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./pkg/proxier
 	$(GO) test -run '^$$' -bench Memory -benchtime 1x ./pkg/watch
-	$(GO) test -run '^$$' -bench DaemonSync -benchmem -count 1 ./pkg/watch
+	$(GO) test -run '^$$' -bench 'DaemonSync|DaemonNewService' -benchmem -count 1 ./pkg/watch
 	$(GO) build -o bin/bench ./test/bench
 	./bin/bench --repo . --switchyard bin/switchyard --tools test/e2e/tools/bin --out results --logs _output/bench $(BENCH_FLAGS)
 
