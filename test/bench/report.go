@@ -52,6 +52,7 @@ var metrics = []metric{
 	{"cold start (all rules applied)", func(r *Result) float64 { return r.ColdStart }, fmtSec, true},
 	{"new Service to traffic p50", func(r *Result) float64 { return pct(r.NewService, 50) }, fmtSec, true},
 	{"new Service to traffic p99", func(r *Result) float64 { return pct(r.NewService, 99) }, fmtSec, true},
+	{"… of which the API's two creates, p50", func(r *Result) float64 { return pct(r.NewServiceAPI, 50) }, fmtSec, true},
 	{"endpoint change to traffic p50", func(r *Result) float64 { return pct(r.EndpointChange, 50) }, fmtSec, true},
 	{"endpoint change to traffic p99", func(r *Result) float64 { return pct(r.EndpointChange, 99) }, fmtSec, true},
 	{"restore input per endpoint change", func(r *Result) float64 { return r.RestoreBytesPerChange }, num("%.0f B"), true},
