@@ -57,6 +57,7 @@ type options struct {
 	nodes      int
 	churn      time.Duration
 	massDelete bool
+	liveLoad   bool
 	backends   []string
 	proxies    []string
 	changes    int
@@ -80,6 +81,7 @@ func main() {
 		"the others answer from one namespace standing for the rest of the cluster) or local (all on the node under test)")
 	flag.IntVar(&o.nodes, "nodes", 50, "with -shape spread: the nodes of the cluster")
 	flag.BoolVar(&o.massDelete, "mass-delete", true, "measure the mass delete (the namespace controller deletes the loaded Services at its own pace; without it they are deleted 32 at a time after the phase)")
+	flag.BoolVar(&o.liveLoad, "live-load", false, "start the proxy before the load and measure its CPU through it (the cold start is then the catch-up after the load's end)")
 	flag.DurationVar(&o.churn, "churn", 3*time.Minute, "length of the churn phase (a steady 10 endpoint changes per second); 0 skips it")
 	flag.DurationVar(&o.phaseCap, "phase-cap", 20*time.Minute, "time cap of one (size, backend, proxy) phase")
 	flag.StringVar(&o.out, "out", "results", "folder for the JSON results")

@@ -71,6 +71,11 @@ type Result struct {
 	NATRules    int     `json:"natRules,omitempty"`
 	NATChains   int     `json:"natChains,omitempty"`
 	LoadSeconds float64 `json:"apiLoadSeconds"`
+	// LiveLoad: the proxy ran through the load (-live-load); ColdStart is
+	// then the time from the load's end until every probed Service
+	// answered, and CPULoadSeconds the proxy's CPU from its start (before
+	// the load) until then.
+	LiveLoad bool `json:"liveLoad,omitempty"`
 }
 
 // bnode is one bench node: a namespace with pods, its restore log.
@@ -295,12 +300,28 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		stop()
 	}
 
+	// With -live-load the proxy runs through the load, as on a node of a
+	// cluster being filled: its CPU over the load is measured, and the
+	// "cold start" is the time from the load's end until all answer.
+	var n *bnode
+	var p *cluster.Process
+	stop := func() {}
+	var loadCPU float64
+	if e.o.liveLoad {
+		n = e.newNode(po, r.Backend)
+		p, stop = e.startProxy(po, n, r.Proxy, r.Backend)
+		loadCPU = cpuSeconds(p.Pid())
+		r.LiveLoad = true
+	}
 	start := time.Now()
 	ns, ips := e.load(po, r.Services)
 	r.LoadSeconds = time.Since(start).Seconds()
-	// However the phase ends, the next one starts without these Services.
+	// However the phase ends, the next one starts without these Services;
+	// the proxy is stopped first: a proxy over the cap must not keep a
+	// core busy while the next phase is prepared.
 	deleted := false
 	defer func() {
+		stop()
 		if !deleted {
 			e.emptyNamespace(ns)
 			_ = e.client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
@@ -308,11 +329,10 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		e.waitNamespaceGone(po, ns)
 	}()
 
-	n := e.newNode(po, r.Backend)
-	p, stop := e.startProxy(po, n, r.Proxy, r.Backend)
-	// Stopped before the namespace cleanup above waits: a proxy over the
-	// cap must not keep a core busy while the next phase is prepared.
-	defer stop()
+	if !e.o.liveLoad {
+		n = e.newNode(po, r.Backend)
+		p, stop = e.startProxy(po, n, r.Proxy, r.Backend)
+	}
 	pid := p.Pid()
 	start = time.Now()
 	// Cold start: the probe, the first, the last and 20 random Services
@@ -332,7 +352,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		}
 		return true
 	})
-	r.CPULoadSeconds = cpuSeconds(pid)
+	r.CPULoadSeconds = cpuSeconds(pid) - loadCPU
 	r.NATRules, r.NATChains = n.tableSize(r.Proxy, r.Backend)
 	logf("  %d rules in %d chains", r.NATRules, r.NATChains)
 	logf("  cold start %.1fs, %.1f CPU s, peak RSS so far %.0f MB", r.ColdStart, r.CPULoadSeconds, peakRSS(pid))

@@ -97,7 +97,11 @@ func (g *group) title() string {
 	if r.Nodes > 1 {
 		shape = fmt.Sprintf("endpoints spread over %d nodes", r.Nodes)
 	}
-	return fmt.Sprintf("%d Services x %d endpoints, %s, %s", g.size, r.Endpoints, shape, g.backend)
+	live := ""
+	if r.LiveLoad {
+		live = "; the proxy ran through the load (cold start: the catch-up after it; CPU: from before the load)"
+	}
+	return fmt.Sprintf("%d Services x %d endpoints, %s, %s%s", g.size, r.Endpoints, shape, g.backend, live)
 }
 
 // rows is the table of one group: a header, then per metric the values of
