@@ -36,7 +36,7 @@ lint: $(GOLANGCI_LINT)
 
 ## unit: unit tests (no root needed)
 unit:
-	$(GO) test -count=1 -race ./pkg/... ./cmd/...
+	$(GO) test -count=1 -race ./pkg/... ./cmd/... ./test/bench/...
 
 ## integration: real iptables (both backends) and real packets in network namespaces (root)
 integration:
