@@ -196,6 +196,10 @@ type env struct {
 	// remote stands for the cluster's other nodes: it answers on every
 	// address of their pod CIDRs (nil with -shape local).
 	remote *netns.NS
+	// save writes the results so far; a phase calls it once measured,
+	// before its clean-up (deleting 30,000 Services takes longer than
+	// loading them, and a run stopped meanwhile keeps its numbers).
+	save func()
 }
 
 func run(owner *cluster.Owner, o options) []*Result {
@@ -227,6 +231,12 @@ func run(owner *cluster.Owner, o options) []*Result {
 	}
 	out := filepath.Join(o.out, time.Now().UTC().Format("2006-01-02T150405Z")+".json")
 	var results []*Result
+	e.save = func() {
+		data, _ := json.MarshalIndent(results, "", "  ")
+		if err := os.WriteFile(out, data, 0o644); err != nil {
+			owner.Fatalf("%v", err)
+		}
+	}
 	for _, size := range o.sizes {
 		for _, backend := range o.backends {
 			for _, proxy := range o.proxies {
@@ -245,10 +255,7 @@ func run(owner *cluster.Owner, o options) []*Result {
 					logf("phase %s/%s/%d failed: %v", proxy, backend, size, err)
 				}
 				po.Close()
-				data, _ := json.MarshalIndent(results, "", "  ")
-				if err := os.WriteFile(out, data, 0o644); err != nil {
-					owner.Fatalf("%v", err)
-				}
+				e.save()
 				printTable(os.Stderr, results)
 			}
 		}

@@ -322,6 +322,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	deleted := false
 	defer func() {
 		stop()
+		e.save()
 		if !deleted {
 			e.emptyNamespace(ns)
 			_ = e.client.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
