@@ -215,3 +215,55 @@ func TestBoundedSyncsMoveAReusedAddressAtOnce(t *testing.T) {
 		t.Errorf("after the first bounded step 10.96.0.39 reaches %s, want the new Service's 10.244.7.7:9999", got)
 	}
 }
+
+// When a change crosses the large-cluster threshold (here: every
+// EndpointSlice of 400 Services deleted, 1,200 endpoints to none, as when
+// a namespace goes), every port's rules change form, and the sync applies
+// the wanted state at once. Stepping through it never converged: ports
+// already moved stayed "changed" (rendered under the other key) and took
+// the bound of every later step.
+func TestBoundedSyncsConvergeAcrossTheLargeClusterThreshold(t *testing.T) {
+	ctx := context.Background()
+	cfg := RenderConfig{Family: v1.IPv4Protocol, MasqueradeBit: 14, ClusterCIDR: netip.MustParsePrefix("10.244.0.0/16")}
+	var names []string
+	for i := range 400 {
+		names = append(names, fmt.Sprintf("svc-%03d", i))
+	}
+	before := boundSnapshot(names, 0)
+	if n := 3 * len(names); n <= LargeClusterEndpoints {
+		t.Fatalf("%d endpoints do not make a large cluster", n)
+	}
+	after := NewSnapshot()
+	for n, svc := range before.Services {
+		after.Services[n] = svc
+	}
+	host := iptables.NewFake()
+	s := NewSyncer(cfg, host)
+	s.MaxRestoreRules = 60
+	if _, err := s.Sync(ctx, before); err != nil {
+		t.Fatal(err)
+	}
+	var steps []int
+	for range 20 {
+		res, err := s.Sync(ctx, after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		steps = append(steps, res.Pending)
+		if res.Pending == 0 {
+			break
+		}
+	}
+	if steps[len(steps)-1] != 0 {
+		t.Fatalf("pending after each step: %v; want 0 within 20 steps", steps)
+	}
+	fresh := iptables.NewFake()
+	if _, err := NewSyncer(cfg, fresh).Sync(ctx, after); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 400 {
+		if got, want := reached(host.Snapshot(), i), reached(fresh.Snapshot(), i); got != want {
+			t.Fatalf("svc-%03d reaches %s after the steps, %s after a single sync", i, got, want)
+		}
+	}
+}
