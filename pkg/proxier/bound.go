@@ -2,7 +2,6 @@ package proxier
 
 import (
 	"net/netip"
-	"slices"
 	"sort"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
@@ -60,17 +59,17 @@ func portCost(rules *Rules, name ServicePortName) int {
 // boundedTarget returns the snapshot to apply next, given what was applied
 // (prev, rendered as prevRules) and what is wanted (next, rendered as
 // nextRules), and how many changed Service ports it leaves for later
-// syncs. With no bound, no earlier state, a change of the node's own facts,
-// or of anything else every port's rules depend on (the render's key: the
-// large-cluster form, which follows the endpoint count), it is next itself:
-// such a change touches every Service port, and stepping through it would
-// not converge, because a port already moved is rendered under the old key
-// in the intermediate state and under the new one in the wanted state, so
-// it stays "changed" and takes its share of every later step's bound (a
-// namespace's EndpointSlices deleted at once stalled a 10,000-Service node
-// that way for a minute).
+// syncs. With no bound, no earlier state, or a change of anything every
+// port's rules depend on (the render's key: the node's own facts, the
+// host's addresses, the large-cluster form, which follows the endpoint
+// count), it is next itself: such a change touches every Service port, and
+// stepping through it would not converge, because a port already moved is
+// rendered under the old key in the intermediate state and under the new
+// one in the wanted state, so it stays "changed" and takes its share of
+// every later step's bound (a namespace's EndpointSlices deleted at once
+// stalled a 10,000-Service node that way for a minute).
 func boundedTarget(prev, next *Snapshot, prevRules, nextRules *Rules, maxRules int) (*Snapshot, int) {
-	if maxRules <= 0 || prev == nil || !sameNodeFacts(prev, next) || prevRules.key != nextRules.key {
+	if maxRules <= 0 || prev == nil || prevRules.key != nextRules.key {
 		return next, 0
 	}
 	changes, total := pendingChanges(prevRules, nextRules)
@@ -180,10 +179,4 @@ func pendingChanges(prevRules, nextRules *Rules) ([]pendingChange, int) {
 		}
 	}
 	return changes, total
-}
-
-// sameNodeFacts reports whether two snapshots agree on everything besides
-// the Service ports that the rules depend on.
-func sameNodeFacts(a, b *Snapshot) bool {
-	return slices.Equal(a.HostAddrs, b.HostAddrs) && nodeKey(a.Node) == nodeKey(b.Node)
 }

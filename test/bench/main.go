@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -466,15 +467,16 @@ func svcName(i int) string { return fmt.Sprintf("svc-%05d", i) }
 // timed new Services still have their addresses allocated. "" (allocate)
 // for the range's network, first and broadcast addresses.
 func loadIP(i int) string {
-	prefix := netip.MustParsePrefix(cluster.ServiceCIDR)
 	host := uint32(i)*40503 + 4099 // an odd factor: distinct low bits for 2^bits consecutive i
-	bits := 32 - prefix.Bits()
+	bits := 32 - serviceCIDR.Bits()
 	host &= 1<<bits - 1
 	if host < 2 || host == 1<<bits-1 {
 		return ""
 	}
-	base := prefix.Addr().As4()
-	v := uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3])
-	v |= host
-	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}).String()
+	base := serviceCIDR.Addr().As4()
+	var a [4]byte
+	binary.BigEndian.PutUint32(a[:], binary.BigEndian.Uint32(base[:])|host)
+	return netip.AddrFrom4(a).String()
 }
+
+var serviceCIDR = netip.MustParsePrefix(cluster.ServiceCIDR)

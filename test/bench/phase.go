@@ -306,11 +306,11 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 	var n *bnode
 	var p *cluster.Process
 	stop := func() {}
-	var loadCPU float64
+	var cpuAtStart float64
 	if e.o.liveLoad {
 		n = e.newNode(po, r.Backend)
 		p, stop = e.startProxy(po, n, r.Proxy, r.Backend)
-		loadCPU = cpuSeconds(p.Pid())
+		cpuAtStart = cpuSeconds(p.Pid())
 		r.LiveLoad = true
 	}
 	start := time.Now()
@@ -353,7 +353,7 @@ func (e *env) phase(po *cluster.Owner, r *Result) {
 		}
 		return true
 	})
-	r.CPULoadSeconds = cpuSeconds(pid) - loadCPU
+	r.CPULoadSeconds = cpuSeconds(pid) - cpuAtStart
 	r.NATRules, r.NATChains = n.tableSize(r.Proxy, r.Backend)
 	logf("  %d rules in %d chains", r.NATRules, r.NATChains)
 	logf("  cold start %.1fs, %.1f CPU s, peak RSS so far %.0f MB", r.ColdStart, r.CPULoadSeconds, peakRSS(pid))

@@ -37,6 +37,8 @@ type metric struct {
 	// lowerIsBetter decides which way the ratio is taken: it always says
 	// how many times better switchyard is.
 	lowerIsBetter bool
+	// notTheProxys: the API server's time, shown for context; no ratio.
+	notTheProxys bool
 }
 
 func num(f string) func(float64) string {
@@ -49,29 +51,29 @@ func num(f string) func(float64) string {
 }
 
 var metrics = []metric{
-	{"cold start (all rules applied)", func(r *Result) float64 { return r.ColdStart }, fmtSec, true},
-	{"new Service to traffic p50", func(r *Result) float64 { return pct(r.NewService, 50) }, fmtSec, true},
-	{"new Service to traffic p99", func(r *Result) float64 { return pct(r.NewService, 99) }, fmtSec, true},
-	{"… of which the API's two creates, p50", func(r *Result) float64 { return pct(r.NewServiceAPI, 50) }, fmtSec, true},
-	{"endpoint change to traffic p50", func(r *Result) float64 { return pct(r.EndpointChange, 50) }, fmtSec, true},
-	{"endpoint change to traffic p99", func(r *Result) float64 { return pct(r.EndpointChange, 99) }, fmtSec, true},
-	{"restore input per endpoint change", func(r *Result) float64 { return r.RestoreBytesPerChange }, num("%.0f B"), true},
-	{"restore time per endpoint change", func(r *Result) float64 { return r.RestoreSecondsPerChange }, fmtSec, true},
-	{"mass delete, total", func(r *Result) float64 { return r.MassDeleteTotal }, fmtSec, true},
-	{"mass delete, longest restore", func(r *Result) float64 { return r.MassDeleteLongest }, fmtSec, true},
-	{"change during mass delete to traffic", func(r *Result) float64 { return r.ChangeDuringDelete }, fmtSec, true},
-	{"connections/s, handful of Services", func(r *Result) float64 { return r.ConnRateHandful }, num("%.0f"), false},
-	{"connections/s, N Services", func(r *Result) float64 { return r.ConnRateLoaded }, num("%.0f"), false},
-	{"CPU seconds to cold start", func(r *Result) float64 { return r.CPULoadSeconds }, num("%.1f"), true},
-	{"idle CPU", func(r *Result) float64 { return r.IdleCPUPercent }, num("%.2f %%"), true},
-	{"churn: CPU, % of one core (10 changes/s)", func(r *Result) float64 { return r.ChurnCPUPercent }, num("%.0f %%"), true},
-	{"churn: restores", func(r *Result) float64 { return float64(r.ChurnRestores) }, num("%.0f"), true},
-	{"churn: a change to traffic p50", func(r *Result) float64 { return pct(r.ChurnLatency, 50) }, fmtSec, true},
-	{"churn: a change to traffic p99", func(r *Result) float64 { return pct(r.ChurnLatency, 99) }, fmtSec, true},
-	{"mass delete, CPU seconds", func(r *Result) float64 { return r.MassDeleteCPU }, num("%.1f"), true},
-	{"nat rules (nftables mode: its table's rules)", func(r *Result) float64 { return float64(r.NATRules) }, num("%.0f"), true},
-	{"nat chains", func(r *Result) float64 { return float64(r.NATChains) }, num("%.0f"), true},
-	{"peak RSS", func(r *Result) float64 { return r.PeakRSSMB }, num("%.0f MB"), true},
+	{"cold start (all rules applied)", func(r *Result) float64 { return r.ColdStart }, fmtSec, true, false},
+	{"new Service to traffic p50", func(r *Result) float64 { return pct(r.NewService, 50) }, fmtSec, true, false},
+	{"new Service to traffic p99", func(r *Result) float64 { return pct(r.NewService, 99) }, fmtSec, true, false},
+	{"… of which the API's two creates, p50", func(r *Result) float64 { return pct(r.NewServiceAPI, 50) }, fmtSec, true, true},
+	{"endpoint change to traffic p50", func(r *Result) float64 { return pct(r.EndpointChange, 50) }, fmtSec, true, false},
+	{"endpoint change to traffic p99", func(r *Result) float64 { return pct(r.EndpointChange, 99) }, fmtSec, true, false},
+	{"restore input per endpoint change", func(r *Result) float64 { return r.RestoreBytesPerChange }, num("%.0f B"), true, false},
+	{"restore time per endpoint change", func(r *Result) float64 { return r.RestoreSecondsPerChange }, fmtSec, true, false},
+	{"mass delete, total", func(r *Result) float64 { return r.MassDeleteTotal }, fmtSec, true, false},
+	{"mass delete, longest restore", func(r *Result) float64 { return r.MassDeleteLongest }, fmtSec, true, false},
+	{"change during mass delete to traffic", func(r *Result) float64 { return r.ChangeDuringDelete }, fmtSec, true, false},
+	{"connections/s, handful of Services", func(r *Result) float64 { return r.ConnRateHandful }, num("%.0f"), false, false},
+	{"connections/s, N Services", func(r *Result) float64 { return r.ConnRateLoaded }, num("%.0f"), false, false},
+	{"CPU seconds to cold start", func(r *Result) float64 { return r.CPULoadSeconds }, num("%.1f"), true, false},
+	{"idle CPU", func(r *Result) float64 { return r.IdleCPUPercent }, num("%.2f %%"), true, false},
+	{"churn: CPU, % of one core (10 changes/s)", func(r *Result) float64 { return r.ChurnCPUPercent }, num("%.0f %%"), true, false},
+	{"churn: restores", func(r *Result) float64 { return float64(r.ChurnRestores) }, num("%.0f"), true, false},
+	{"churn: a change to traffic p50", func(r *Result) float64 { return pct(r.ChurnLatency, 50) }, fmtSec, true, false},
+	{"churn: a change to traffic p99", func(r *Result) float64 { return pct(r.ChurnLatency, 99) }, fmtSec, true, false},
+	{"mass delete, CPU seconds", func(r *Result) float64 { return r.MassDeleteCPU }, num("%.1f"), true, false},
+	{"nat rules (nftables mode: its table's rules)", func(r *Result) float64 { return float64(r.NATRules) }, num("%.0f"), true, false},
+	{"nat chains", func(r *Result) float64 { return float64(r.NATChains) }, num("%.0f"), true, false},
+	{"peak RSS", func(r *Result) float64 { return r.PeakRSSMB }, num("%.0f MB"), true, false},
 }
 
 // proxyOrder is the order of the columns: switchyard first, then each
@@ -166,6 +168,8 @@ func printMarkdown(w io.Writer, results []*Result) {
 func ratio(m metric, sy, other *Result) string {
 	va, vb := m.get(sy), m.get(other)
 	switch {
+	case m.notTheProxys:
+		return ""
 	case va > 0 && vb > 0 && m.lowerIsBetter:
 		return fmt.Sprintf("%.1fx", vb/va)
 	case va > 0 && vb > 0:
