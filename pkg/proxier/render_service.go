@@ -313,6 +313,14 @@ func renderClusterIPMasquerade(out *output, snap *Snapshot, cfg RenderConfig, sv
 	if cfg.MasqueradeAll {
 		out.natRule(p.internal.chain, m.add("-j", ChainMarkMasq))
 	} else if _, notLocal, ok := localMatch(snap, cfg); ok {
+		if cfg.largeCluster && p.internal.chain == p.chains.svc {
+			// Every way into SWY-SVC but the cluster IP's dispatch rule
+			// (which matched this address and port already) comes from
+			// SWY-EXT, and there the packet is either marked for
+			// masquerade already or matched the local-traffic test this
+			// rule negates, so the address and port add nothing.
+			m = nil
+		}
 		out.natRule(p.internal.chain, m.add(notLocal...).add("-j", ChainMarkMasq))
 	}
 }
