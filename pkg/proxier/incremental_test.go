@@ -160,15 +160,7 @@ func TestServiceDeletionOnlyDeletesRules(t *testing.T) {
 	if !strings.Contains(text, "\n-D "+dispatchChainPrefix) || strings.Contains(text, "\n-A ") {
 		t.Errorf("deleting a Service should delete its dispatch rule and add none:\n%s", text)
 	}
-	want, got := renderedRules(t, Render(next, defaultConfig())), hostRules(fake)
-	if len(got) != len(want) {
-		t.Fatalf("%d chains on the host, want %d", len(got), len(want))
-	}
-	for k, w := range want {
-		if !slices.Equal(got[k], w) {
-			t.Fatalf("%s is\n%q\nwant\n%q", k, got[k], w)
-		}
-	}
+	hostIsRendered(t, fake, next)
 }
 
 func TestRemovedOnly(t *testing.T) {
@@ -185,6 +177,75 @@ func TestRemovedOnly(t *testing.T) {
 	} {
 		if got := removedOnly(c.old, c.next); !slices.Equal(got, c.want) {
 			t.Errorf("removedOnly(%q, %q) = %q, want %q", c.old, c.next, got, c.want)
+		}
+	}
+}
+
+func TestInsertedOnly(t *testing.T) {
+	for _, c := range []struct {
+		old, next []string
+		want      []insertion
+	}{
+		{[]string{"a", "c"}, []string{"a", "b", "c"}, []insertion{{2, "b"}}},
+		{[]string{"b", "d"}, []string{"a", "b", "c", "d", "e"}, []insertion{{1, "a"}, {3, "c"}, {5, "e"}}},
+		{[]string{"a"}, []string{"a", "a"}, []insertion{{2, "a"}}},
+		{[]string{"a", "b"}, []string{"a", "b"}, nil}, // nothing added
+		{nil, []string{"a"}, nil},                          // was empty: written whole
+		{[]string{"a", "b"}, []string{"b", "a", "c"}, nil}, // reordered
+		{[]string{"a", "b"}, []string{"a", "x", "c"}, nil}, // a rule removed
+	} {
+		if got := insertedOnly(c.old, c.next); !slices.Equal(got, c.want) {
+			t.Errorf("insertedOnly(%q, %q) = %v, want %v", c.old, c.next, got, c.want)
+		}
+	}
+}
+
+// A new Service in a large node goes into its dispatch leaf by "-I" at its
+// place, the leaf is not written again, and the host ends as a fresh
+// render: several new Services in one sync, some sharing a leaf.
+func TestNewServicesAreInsertedIntoTheirLeaves(t *testing.T) {
+	ctx := context.Background()
+	snap := NewSnapshot()
+	add := func(s *Snapshot, i int) {
+		n := spn(fmt.Sprintf("svc%03d", i), "http")
+		s.Services[n] = &ServicePort{Name: n, Port: 80, ClusterIPs: []netip.Addr{netip.AddrFrom4([4]byte{10, 96, byte(i / 100), byte(i)})}}
+		s.Endpoints[n] = []Endpoint{{Addr: netip.AddrFrom4([4]byte{10, 244, 1, byte(i)}), Port: 8080, Ready: true, Serving: true}}
+	}
+	for i := 0; i < 200; i += 2 {
+		add(snap, i)
+	}
+	fake := iptables.NewFake()
+	s := NewSyncer(defaultConfig(), fake)
+	if _, err := s.Sync(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{1, 3, 101, 199} {
+		add(snap, i)
+	}
+	if _, err := s.Sync(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	text := fake.Restores[len(fake.Restores)-1]
+	if n := strings.Count(text, "\n-I "+dispatchChainPrefix); n != 4 {
+		t.Errorf("%d dispatch rules inserted, want 4:\n%s", n, text)
+	}
+	if strings.Contains(text, "\n:"+dispatchChainPrefix) || strings.Contains(text, "\n-A "+dispatchChainPrefix) {
+		t.Errorf("a dispatch leaf was written again:\n%s", text)
+	}
+	hostIsRendered(t, fake, snap)
+}
+
+// hostIsRendered fails the test unless the fake host holds exactly a fresh
+// render of snap.
+func hostIsRendered(t *testing.T, fake *iptables.Fake, snap *Snapshot) {
+	t.Helper()
+	want, got := renderedRules(t, Render(snap, defaultConfig())), hostRules(fake)
+	if len(got) != len(want) {
+		t.Fatalf("%d chains on the host, want %d", len(got), len(want))
+	}
+	for k, w := range want {
+		if !slices.Equal(got[k], w) {
+			t.Fatalf("%s is\n%q\nwant\n%q", k, got[k], w)
 		}
 	}
 }

