@@ -3,9 +3,13 @@ package proxier
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/go-logr/logr/funcr"
+	"k8s.io/klog/v2"
 
 	"github.com/switchyard-proxy/switchyard/pkg/iptables"
 	"github.com/switchyard-proxy/switchyard/test/wait"
@@ -125,7 +129,13 @@ func TestNoCPUBudgetNeverDelays(t *testing.T) {
 // taking in everything that arrived while it waited, and the last change
 // still lands.
 func TestLoopWaitsForTheCPUBudget(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	var waitLines atomic.Int64
+	logger := funcr.New(func(_, args string) {
+		if strings.Contains(args, "Sync waited for the CPU budget") {
+			waitLines.Add(1)
+		}
+	}, funcr.Options{Verbosity: 2})
+	ctx, cancel := context.WithCancel(klog.NewContext(context.Background(), logger))
 	defer cancel()
 	fake := iptables.NewFake()
 	src := &fixedSource{snap: NewSnapshot()}
@@ -159,6 +169,11 @@ func TestLoopWaitsForTheCPUBudget(t *testing.T) {
 	// no more than about one sync per 400 ms, plus the one the bucket allows.
 	if n := after - before; n > int(time.Since(start)/(400*time.Millisecond))+2 {
 		t.Errorf("%d syncs in %v: the budget did not space them out", n, time.Since(start))
+	}
+	// One line per sync that waited, however many changes cut its wait
+	// short (at V(2) a load once logged sixty a second).
+	if n := waitLines.Load(); n == 0 || n > int64(after-before) {
+		t.Errorf("%d lines saying a sync waited for the budget, for %d syncs", n, after-before)
 	}
 }
 

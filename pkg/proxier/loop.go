@@ -145,6 +145,9 @@ const maxSettle = 100 * time.Millisecond
 func (p *Proxier) waitToSync(ctx context.Context, l *familyLoop, lastStart time.Time) bool {
 	family := string(l.s.Config.Family)
 	waiter, _ := p.source.(endpointWaiter)
+	// The time spent waiting for the budget, logged once when the sync
+	// starts: while changes stream in, each of them cuts a wait short.
+	var budgetWait time.Duration
 	for {
 		wait := p.cfg.MinSyncPeriod - time.Since(lastStart)
 		var settle time.Duration
@@ -163,6 +166,9 @@ func (p *Proxier) waitToSync(ctx context.Context, l *familyLoop, lastStart time.
 			throttle = 0
 		}
 		if wait <= 0 {
+			if budgetWait > 0 {
+				klog.FromContext(ctx).V(2).Info("Sync waited for the CPU budget", "family", family, "wait", budgetWait)
+			}
 			return true
 		}
 		t := time.NewTimer(wait)
@@ -173,7 +179,7 @@ func (p *Proxier) waitToSync(ctx context.Context, l *familyLoop, lastStart time.
 			if throttle > 0 {
 				w := min(time.Since(began), throttle)
 				metrics.SyncCPUThrottled.WithLabelValues(family).Add(w.Seconds())
-				klog.FromContext(ctx).V(2).Info("Sync waited for the CPU budget", "family", family, "wait", w)
+				budgetWait += w
 			}
 		}
 		select {
