@@ -305,24 +305,28 @@ func renderFrontends(out *output, cfg RenderConfig, svc *ServicePort, p portPlan
 // renderClusterIPMasquerade marks off-cluster traffic to the cluster IP
 // for masquerade, first in its policy chain.
 func renderClusterIPMasquerade(out *output, snap *Snapshot, cfg RenderConfig, svc *ServicePort, p portPlan) {
-	m := destMatch(p.vip, svc.Name.Protocol, svc.Port, svc.Name.String()+" cluster IP")
-	if cfg.largeCluster { // the dispatch rule that jumps here names the Service
+	_, notLocal, local := localMatch(snap, cfg)
+	if !cfg.MasqueradeAll && !local {
+		return
+	}
+	var m ruleBuilder
+	switch {
+	case !cfg.largeCluster:
+		m = destMatch(p.vip, svc.Name.Protocol, svc.Port, svc.Name.String()+" cluster IP")
+	case !cfg.MasqueradeAll && p.internal.chain == p.chains.svc:
+		// The local-traffic test alone: every way into SWY-SVC but the
+		// cluster IP's dispatch rule (which matched this address and port
+		// already) comes from SWY-EXT, and there the packet is either
+		// marked for masquerade already or matched the test this rule
+		// negates, so the address and port add nothing.
+	default: // the dispatch rule that jumps here names the Service
 		pr := protoLower(svc.Name.Protocol)
 		m = ruleBuilder{"-d", hostPrefix(p.vip), "-p", pr, "-m", pr, "--dport", fmt.Sprint(svc.Port)}
 	}
-	if cfg.MasqueradeAll {
-		out.natRule(p.internal.chain, m.add("-j", ChainMarkMasq))
-	} else if _, notLocal, ok := localMatch(snap, cfg); ok {
-		if cfg.largeCluster && p.internal.chain == p.chains.svc {
-			// Every way into SWY-SVC but the cluster IP's dispatch rule
-			// (which matched this address and port already) comes from
-			// SWY-EXT, and there the packet is either marked for
-			// masquerade already or matched the local-traffic test this
-			// rule negates, so the address and port add nothing.
-			m = nil
-		}
-		out.natRule(p.internal.chain, m.add(notLocal...).add("-j", ChainMarkMasq))
+	if !cfg.MasqueradeAll {
+		m = m.add(notLocal...)
 	}
+	out.natRule(p.internal.chain, m.add("-j", ChainMarkMasq))
 }
 
 // renderExternalChain writes SWY-EXT: where traffic from outside goes.
